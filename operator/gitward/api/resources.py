@@ -1,0 +1,264 @@
+"""Typed models of the three gitward resources, parsed from their raw bodies.
+
+The CRDs in ``crds/`` are the schema the API server enforces; these models
+are what the rest of gitward reads, with the same defaults, so no layer ever
+digs through an untyped dict. Parsing is pure and total: a body that the CRD
+would have refused raises :class:`InvalidResourceError` instead of producing
+a half-filled model.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, NewType, TypeVar
+
+GROUP: Final = "gitward.dev"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+
+_E = TypeVar("_E", bound=enum.StrEnum)
+
+TenantName = NewType("TenantName", str)
+Namespace = NewType("Namespace", str)
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """A resource kind with the names the API server serves it under."""
+
+    kind: str
+    plural: str
+    namespaced: bool
+
+
+TENANT: Final = Kind("GitOpsTenant", "gitopstenants", namespaced=False)
+APP: Final = Kind("GitOpsApp", "gitopsapps", namespaced=True)
+REVISION: Final = Kind("GitOpsRevision", "gitopsrevisions", namespaced=True)
+KINDS: Final = (TENANT, APP, REVISION)
+
+
+class InvalidResourceError(ValueError):
+    """A resource body that does not match the contract (the CRD would refuse it)."""
+
+
+class VerifyMode(enum.StrEnum):
+    """Which commits must carry a trusted signature."""
+
+    HEAD = "head"
+    ALL = "all"
+
+
+class PodSecurityLevel(enum.StrEnum):
+    """Pod Security Admission levels, weakest first."""
+
+    PRIVILEGED = "privileged"
+    BASELINE = "baseline"
+    RESTRICTED = "restricted"
+
+
+class NetworkIsolation(enum.StrEnum):
+    """How a tenant's namespaces are fenced on the network."""
+
+    DEFAULT_DENY = "default-deny"
+    NONE = "none"
+
+
+class Trigger(enum.StrEnum):
+    """What started a change attempt, as recorded in a ``GitOpsRevision``."""
+
+    POLL = "poll"
+    WEBHOOK = "webhook"
+    ROLLBACK = "rollback"
+    AUTO_ROLLBACK = "auto-rollback"
+
+
+class ChangeAction(enum.StrEnum):
+    """What an apply did to one object."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    PRUNED = "pruned"
+    UNCHANGED = "unchanged"
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_WHOLE = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h))+$")
+_UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Parse a Go-style duration (``90s``, ``1m30s``, ``1h``) into seconds.
+
+    Only the non-negative forms the CRD's pattern admits are accepted.
+    """
+    if not _DURATION_WHOLE.match(text):
+        raise InvalidResourceError(f"not a duration: {text!r} (expected e.g. 30s, 5m, 1h30m)")
+    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION_PART.findall(text))
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRule:
+    """One allowed repository pattern and the branch patterns allowed from it."""
+
+    url: str
+    branches: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRef:
+    """A ConfigMap in the operator's namespace holding trusted public keys."""
+
+    config_map: str
+
+
+@dataclass(frozen=True, slots=True)
+class TenantSpec:
+    """What a tenant may deploy, from where, signed by whom, and into which namespaces."""
+
+    namespaces: tuple[Namespace, ...]
+    sources: tuple[SourceRule, ...]
+    keys_from: tuple[KeyRef, ...]
+    verify: VerifyMode = VerifyMode.ALL
+    require_fast_forward: bool = True
+    allowed_kinds: tuple[str, ...] = ()
+    allow_plaintext_secrets: bool = False
+    pod_security: PodSecurityLevel = PodSecurityLevel.RESTRICTED
+    network_policy: NetworkIsolation = NetworkIsolation.DEFAULT_DENY
+    resource_quota: Mapping[str, Any] = field(default_factory=dict)
+    limit_range: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AppSource:
+    """Where an app's manifests come from."""
+
+    url: str
+    branch: str = "main"
+    path: str = "."
+    interval_seconds: float = 60.0
+    secret_ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppSpec:
+    """What a team asks gitward to keep deployed."""
+
+    tenant: TenantName
+    source: AppSource
+    target_namespace: Namespace | None = None
+    prune: bool = True
+    suspend: bool = False
+    history_limit: int = 50
+    health_timeout_seconds: float = 300.0
+    auto_rollback: bool = True
+    rollback_to: str = ""
+
+
+def _mapping(value: object, where: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidResourceError(f"{where} must be an object")
+    return value
+
+
+def _strings(value: object, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if (
+        not isinstance(value, Sequence)
+        or isinstance(value, str)
+        or not all(isinstance(v, str) for v in value)
+    ):
+        raise InvalidResourceError(f"{where} must be a list of strings")
+    return tuple(value)
+
+
+def _required_str(body: Mapping[str, Any], key: str, where: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise InvalidResourceError(f"{where}.{key} is required")
+    return value
+
+
+def _enum(kind: type[_E], value: object, default: _E, where: str) -> _E:
+    if value is None:
+        return default
+    try:
+        return kind(str(value))
+    except ValueError:
+        allowed = ", ".join(m.value for m in kind)
+        raise InvalidResourceError(f"{where} must be one of {allowed}, not {value!r}") from None
+
+
+def parse_tenant_spec(spec: Mapping[str, Any]) -> TenantSpec:
+    """Parse ``GitOpsTenant.spec`` with the CRD's defaults."""
+    sources = []
+    for index, raw in enumerate(spec.get("sources") or ()):
+        rule = _mapping(raw, f"spec.sources[{index}]")
+        sources.append(
+            SourceRule(
+                url=_required_str(rule, "url", f"spec.sources[{index}]"),
+                branches=_strings(rule.get("branches"), f"spec.sources[{index}].branches") or ("main",),
+            )
+        )
+    trust = _mapping(spec.get("trust"), "spec.trust")
+    keys = []
+    for index, raw in enumerate(trust.get("keysFrom") or ()):
+        ref = _mapping(_mapping(raw, f"spec.trust.keysFrom[{index}]").get("configMapRef"), "configMapRef")
+        keys.append(KeyRef(_required_str(ref, "name", f"spec.trust.keysFrom[{index}].configMapRef")))
+    policy = _mapping(spec.get("policy"), "spec.policy")
+    isolation = _mapping(spec.get("isolation"), "spec.isolation")
+    return TenantSpec(
+        namespaces=tuple(Namespace(n) for n in _strings(spec.get("namespaces"), "spec.namespaces")),
+        sources=tuple(sources),
+        keys_from=tuple(keys),
+        verify=_enum(VerifyMode, trust.get("verify"), VerifyMode.ALL, "spec.trust.verify"),
+        require_fast_forward=bool(trust.get("requireFastForward", True)),
+        allowed_kinds=_strings(policy.get("allowedKinds"), "spec.policy.allowedKinds"),
+        allow_plaintext_secrets=bool(policy.get("allowPlaintextSecrets", False)),
+        pod_security=_enum(
+            PodSecurityLevel,
+            policy.get("podSecurity"),
+            PodSecurityLevel.RESTRICTED,
+            "spec.policy.podSecurity",
+        ),
+        network_policy=_enum(
+            NetworkIsolation,
+            isolation.get("networkPolicy"),
+            NetworkIsolation.DEFAULT_DENY,
+            "spec.isolation.networkPolicy",
+        ),
+        resource_quota=_mapping(isolation.get("resourceQuota"), "spec.isolation.resourceQuota"),
+        limit_range=_mapping(isolation.get("limitRange"), "spec.isolation.limitRange"),
+    )
+
+
+def parse_app_spec(spec: Mapping[str, Any]) -> AppSpec:
+    """Parse ``GitOpsApp.spec`` with the CRD's defaults."""
+    source = _mapping(spec.get("source"), "spec.source")
+    secret_ref = _mapping(source.get("secretRef"), "spec.source.secretRef")
+    history_limit = spec.get("historyLimit", 50)
+    if not isinstance(history_limit, int) or isinstance(history_limit, bool) or history_limit < 1:
+        raise InvalidResourceError("spec.historyLimit must be a positive integer")
+    target = spec.get("targetNamespace")
+    return AppSpec(
+        tenant=TenantName(_required_str(spec, "tenant", "spec")),
+        source=AppSource(
+            url=_required_str(source, "url", "spec.source"),
+            branch=str(source.get("branch") or "main"),
+            path=str(source.get("path") or "."),
+            interval_seconds=parse_duration(str(source.get("interval") or "1m")),
+            secret_ref=str(secret_ref["name"]) if secret_ref.get("name") else None,
+        ),
+        target_namespace=Namespace(str(target)) if target else None,
+        prune=bool(spec.get("prune", True)),
+        suspend=bool(spec.get("suspend", False)),
+        history_limit=history_limit,
+        health_timeout_seconds=parse_duration(str(spec.get("healthTimeout") or "5m")),
+        auto_rollback=bool(spec.get("autoRollback", True)),
+        rollback_to=str(spec.get("rollbackTo") or ""),
+    )
