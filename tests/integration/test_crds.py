@@ -11,6 +11,7 @@ from kubernetes.client.rest import ApiException
 
 from gitward.api import resources
 from support.kube import api_error_message
+from support.paths import REPO
 
 pytestmark = pytest.mark.cluster
 
@@ -213,3 +214,14 @@ def test_printer_columns_and_short_names(custom, namespace, kubectl):
     listed = kubectl("api-resources", "--api-group", resources.GROUP, "--no-headers").stdout
     short_names = {line.split()[0]: line.split()[1] for line in listed.splitlines()}
     assert short_names == {"gitopsapps": "gapp", "gitopsrevisions": "grev", "gitopstenants": "gtenant"}
+
+
+def test_install_manifests_apply_to_the_cluster(kubectl, crds):
+    """`kubectl apply -k manifests/` renders the namespace and the three CRDs; the server accepts them."""
+    rendered = kubectl("kustomize", str(REPO / "manifests")).stdout
+    kinds = [line.split(": ", 1)[1] for line in rendered.splitlines() if line.startswith("kind: ")]
+    assert sorted(kinds) == ["CustomResourceDefinition"] * 3 + ["Namespace"]
+    applied = kubectl(
+        "apply", "-k", str(REPO / "manifests"), "--server-side", "--dry-run=server", "--force-conflicts"
+    )
+    assert "namespace/gitward-system serverside-applied (server dry run)" in applied.stdout

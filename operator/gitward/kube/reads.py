@@ -1,0 +1,75 @@
+"""Reading what the pipeline needs from the API: tenants, trusted-key ConfigMaps, git Secrets.
+
+Errors from the client are mapped onto gitward's own: a missing object is a
+specific condition reason, anything else is retried later. Secret values
+never enter an error message.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client import ApiException
+
+from gitward.api import resources
+from gitward.api.conditions import Reason
+from gitward.errors import Stalled, Waiting
+
+_NOT_FOUND = 404
+
+
+class KubeReader:
+    """Reads through one API client (the operator's own identity)."""
+
+    def __init__(self, api: client.ApiClient, *, operator_namespace: str) -> None:
+        self.api = api
+        self.operator_namespace = operator_namespace
+
+    def tenant(self, name: str) -> Mapping[str, Any]:
+        """The ``GitOpsTenant`` body, or ``Stalled(TenantNotFound)``."""
+        try:
+            body = client.CustomObjectsApi(self.api).get_cluster_custom_object(
+                resources.GROUP, resources.VERSION, resources.TENANT.plural, name
+            )
+        except ApiException as error:
+            if error.status == _NOT_FOUND:
+                raise Stalled(Reason.TENANT_NOT_FOUND, f"GitOpsTenant {name!r} does not exist") from None
+            raise Waiting(
+                Reason.TENANT_NOT_FOUND, f"reading GitOpsTenant {name!r}: HTTP {error.status}"
+            ) from None
+        if not isinstance(body, Mapping):
+            raise Waiting(Reason.TENANT_NOT_FOUND, f"reading GitOpsTenant {name!r}: unexpected response")
+        return body
+
+    def key_config_map(self, name: str) -> Mapping[str, str]:
+        """The data of a trusted-key ConfigMap in the operator's namespace."""
+        try:
+            config_map = client.CoreV1Api(self.api).read_namespaced_config_map(name, self.operator_namespace)
+        except ApiException as error:
+            if error.status == _NOT_FOUND:
+                raise Stalled(
+                    Reason.UNTRUSTED_SIGNER,
+                    f"trusted-key ConfigMap {self.operator_namespace}/{name} does not exist",
+                ) from None
+            raise Waiting(
+                Reason.UNTRUSTED_SIGNER, f"reading ConfigMap {name!r}: HTTP {error.status}"
+            ) from None
+        data: Mapping[str, str] = config_map.data or {}
+        return data
+
+    def secret_data(self, namespace: str, name: str) -> Mapping[str, bytes]:
+        """The decoded data of a Secret in the app's namespace."""
+        try:
+            secret = client.CoreV1Api(self.api).read_namespaced_secret(name, namespace)
+        except ApiException as error:
+            if error.status == _NOT_FOUND:
+                raise Stalled(
+                    Reason.FETCH_FAILED, f"Secret {namespace}/{name} (source.secretRef) does not exist"
+                ) from None
+            raise Waiting(
+                Reason.FETCH_FAILED, f"reading Secret {namespace}/{name}: HTTP {error.status}"
+            ) from None
+        return {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}

@@ -1,0 +1,1 @@
+"""Resolving an app against its tenant: the first step of the pipeline."""
