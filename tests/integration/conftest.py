@@ -169,7 +169,7 @@ def crds(admin: client.ApiClient) -> list[str]:
     """Install gitward's CRDs into the cluster (idempotent) and wait until they are served."""
     extensions = client.ApiextensionsV1Api(admin)
     names = []
-    for path in sorted(CRDS.glob("*.yaml")):
+    for path in sorted(CRDS.glob("gitward.dev_*.yaml")):
         body = yaml.safe_load(path.read_text())
         name = body["metadata"]["name"]
         names.append(name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,7 +181,7 @@ class WorkRepo:
         message: str = "change",
         sign: SshIdentity | GpgIdentity | None = None,
     ) -> str:
-        for name, content in (files or {f"file-{len(self.log())}.txt": message}).items():
+        for name, content in (files or {f"file-{uuid.uuid4().hex[:8]}.txt": message}).items():
             target = self.path / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(content)

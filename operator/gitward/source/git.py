@@ -4,10 +4,13 @@ Hardening, in one place:
 
 - Every git process gets an environment built from nothing (not a copy of
   ours): a throwaway ``HOME``, no system or global config, no terminal
-  prompts, and ``GIT_ALLOW_PROTOCOL`` limited to https and ssh. gitpython's
-  own ``Git.execute`` copies ``os.environ`` into the child, so processes are
-  started here with :mod:`subprocess`; gitpython (with its pure-Python
-  object database, no process at all) reads the commit objects.
+  prompts, and ``GIT_ALLOW_PROTOCOL`` limited to https and ssh. That is why
+  git is started here with :mod:`subprocess` and not through gitpython:
+  gitpython's ``Git.execute`` always copies ``os.environ`` into the child
+  (so an inherited ``GIT_ALTERNATE_OBJECT_DIRECTORIES`` or
+  ``GIT_CONFIG_PARAMETERS`` would reach git), and its process-free object
+  database is deprecated upstream for security reasons. Commit objects are
+  read in one ``git cat-file --batch`` per verification.
 - Config on the command line turns off hooks, fsmonitor, submodules,
   redirects and credential helpers, and makes git check every object it
   receives (``transfer.fsckObjects``).
@@ -40,8 +43,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
-
-import git as gitpython
 
 from gitward.api.conditions import Reason
 from gitward.errors import GitwardError, Stalled, Waiting
@@ -191,8 +192,6 @@ class GitRunner:
             "GIT_PROTOCOL_FROM_USER": "0",
             "GIT_NO_REPLACE_OBJECTS": "1",
             "GIT_OPTIONAL_LOCKS": "0",
-            "GIT_HTTP_LOW_SPEED_LIMIT": "1024",
-            "GIT_HTTP_LOW_SPEED_TIME": str(max(1, int(self.options.timeout))),
             "GIT_SSH_VARIANT": "ssh",
             "GIT_SSH_COMMAND": self._ssh_command(),
         }
@@ -303,6 +302,19 @@ def run_bounded(
     stdin: bytes | None = None,
 ) -> tuple[int | None, str, str]:
     """Run a command; on timeout kill its whole process group and return ``None`` as the code."""
+    code, out, err = run_bounded_bytes(argv, env=env, cwd=cwd, timeout=timeout, stdin=stdin)
+    return code, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+def run_bounded_bytes(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path | None,
+    timeout: float,
+    stdin: bytes | None = None,
+) -> tuple[int | None, bytes, bytes]:
+    """:func:`run_bounded` without decoding (commit objects are bytes)."""
     process = subprocess.Popen(
         list(argv),
         env=dict(env),
@@ -318,8 +330,8 @@ def run_bounded(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
-        return None, "", ""
-    return process.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+        return None, b"", b""
+    return process.returncode, out, err
 
 
 @contextlib.contextmanager
@@ -430,15 +442,18 @@ class Repository:
     def __init__(self, path: Path, *, options: FetchOptions) -> None:
         self.path = path
         self.options = options
-        self._objects = gitpython.Repo(path, odbt=gitpython.GitDB)
+        self._cache: dict[str, CommitObject] = {}
 
-    def _git(self, args: Sequence[str]) -> tuple[int | None, str, str]:
+    def _git(self, args: Sequence[str], *, stdin: bytes | None = None) -> tuple[int | None, bytes, str]:
         with throwaway_home() as home:
-            runner = GitRunner(self.options, None, home)
+            env = GitRunner(self.options, None, home).env
             argv = [self.options.git]
             for item in _CONFIG:
                 argv += ["-c", item]
-            return run_bounded([*argv, *args], env=runner.env, cwd=self.path, timeout=self.options.timeout)
+            code, out, err = run_bounded_bytes(
+                [*argv, *args], env=env, cwd=self.path, timeout=self.options.timeout, stdin=stdin
+            )
+        return code, out, err.decode(errors="replace")
 
     def has_commit(self, sha: str) -> bool:
         """Whether ``sha`` names a commit present in this repository."""
@@ -462,11 +477,30 @@ class Repository:
         code, out, err = self._git(["rev-list", f"--max-count={limit + 1}", *spec, "--"])
         if code != 0:
             raise Waiting(Reason.FETCH_FAILED, f"git rev-list failed: {err.strip()[:300]}")
-        return [line for line in out.split() if SHA_RE.match(line)]
+        return [line for line in out.decode().split() if SHA_RE.match(line)]
+
+    def load(self, shas: Sequence[str]) -> None:
+        """Read many commit objects in one ``git cat-file --batch``."""
+        wanted = [sha for sha in dict.fromkeys(shas) if sha not in self._cache]
+        if not wanted:
+            return
+        code, out, err = self._git(
+            ["cat-file", "--batch"], stdin="".join(f"{sha}\n" for sha in wanted).encode()
+        )
+        if code != 0:
+            raise Waiting(Reason.FETCH_FAILED, f"git cat-file failed: {err.strip()[:300]}")
+        position = 0
+        for sha in wanted:
+            header_end = out.index(b"\n", position)
+            fields = out[position:header_end].split()
+            if len(fields) != 3 or fields[1] != b"commit":  # noqa: PLR2004 - "<sha> <type> <size>"
+                raise Stalled(Reason.FETCH_FAILED, f"{sha} is not a commit in the fetched repository")
+            size = int(fields[2])
+            body = out[header_end + 1 : header_end + 1 + size]
+            position = header_end + 1 + size + 1
+            self._cache[sha] = parse_commit(sha, body)
 
     def commit(self, sha: str) -> CommitObject:
-        """The parsed commit object, read by gitpython without starting a process."""
-        stream = self._objects.odb.stream(bytes.fromhex(sha))
-        if stream.type != b"commit":
-            raise Stalled(Reason.FETCH_FAILED, f"{sha} is not a commit")
-        return parse_commit(sha, stream.read())
+        """The parsed commit object."""
+        self.load([sha])
+        return self._cache[sha]

@@ -88,6 +88,7 @@ def verify(
     to_check = commits_to_verify(
         repo, head=head, last_applied=last_applied, mode=settings.verify, limit=limit
     )
+    repo.load(to_check)
     signers: dict[str, Signer] = {}
     with contextlib.ExitStack() as stack:
         openpgp: OpenPGPVerifier | None = None
