@@ -132,6 +132,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
+        owner.count_bytes(len(payload))
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -150,6 +151,7 @@ class HttpsGitServer:
         self.password = password
         self.delay = 0.0
         self.requests: list[tuple[str, str, str]] = []
+        self.sent_bytes = 0
         self._lock = threading.Lock()
         self.ca_cert, cert, key = make_tls(tls_dir)
         self.port = free_port()
@@ -163,6 +165,10 @@ class HttpsGitServer:
     def record(self, method: str, path: str, command: str) -> None:
         with self._lock:
             self.requests.append((method, path, command))
+
+    def count_bytes(self, count: int) -> None:
+        with self._lock:
+            self.sent_bytes += count
 
     def url(self, repo: str) -> str:
         return f"https://127.0.0.1:{self.port}/{repo}"
