@@ -159,6 +159,27 @@ class Checkout:
     fetched: bool = field(default=True)
 
 
+@dataclass(frozen=True, slots=True)
+class TreeEntry:
+    """One entry of a commit's tree: a file (100644/100755), a symlink (120000) or a submodule (160000)."""
+
+    path: str
+    mode: str
+    kind: str
+    oid: str
+    size: int
+
+    @property
+    def is_symlink(self) -> bool:
+        """A symbolic link: its blob is the target path."""
+        return self.mode == "120000"
+
+    @property
+    def is_file(self) -> bool:
+        """A regular file."""
+        return self.kind == "blob" and not self.is_symlink
+
+
 def scrub(text: str, sensitive: Sequence[str]) -> str:
     """Replace every sensitive value (and each line of a multi-line one) with ``***``."""
     for value in sorted(sensitive, key=len, reverse=True):
@@ -484,23 +505,59 @@ class Repository:
         wanted = [sha for sha in dict.fromkeys(shas) if sha not in self._cache]
         if not wanted:
             return
-        code, out, err = self._git(
-            ["cat-file", "--batch"], stdin="".join(f"{sha}\n" for sha in wanted).encode()
-        )
-        if code != 0:
-            raise Waiting(Reason.FETCH_FAILED, f"git cat-file failed: {err.strip()[:300]}")
-        position = 0
-        for sha in wanted:
-            header_end = out.index(b"\n", position)
-            fields = out[position:header_end].split()
-            if len(fields) != 3 or fields[1] != b"commit":  # noqa: PLR2004 - "<sha> <type> <size>"
+        for sha, (kind, body) in self._batch(wanted).items():
+            if kind != "commit":
                 raise Stalled(Reason.FETCH_FAILED, f"{sha} is not a commit in the fetched repository")
-            size = int(fields[2])
-            body = out[header_end + 1 : header_end + 1 + size]
-            position = header_end + 1 + size + 1
             self._cache[sha] = parse_commit(sha, body)
 
     def commit(self, sha: str) -> CommitObject:
         """The parsed commit object."""
         self.load([sha])
         return self._cache[sha]
+
+    def tree(self, commit: str) -> list[TreeEntry]:
+        """Every entry of the commit's tree (recursively), with mode and size, without a checkout."""
+        code, out, err = self._git(["ls-tree", "-r", "-l", "-z", "--full-tree", commit])
+        if code != 0:
+            raise Waiting(Reason.FETCH_FAILED, f"git ls-tree failed: {err.strip()[:300]}")
+        entries = []
+        for record in out.split(b"\0"):
+            if not record:
+                continue
+            meta, _, path = record.partition(b"\t")
+            mode, kind, oid, size = meta.split()
+            entries.append(
+                TreeEntry(
+                    path=path.decode(errors="surrogateescape"),
+                    mode=mode.decode(),
+                    kind=kind.decode(),
+                    oid=oid.decode(),
+                    size=int(size) if size != b"-" else 0,
+                )
+            )
+        return entries
+
+    def blobs(self, oids: Sequence[str]) -> dict[str, bytes]:
+        """Read blobs in one ``git cat-file --batch``."""
+        return {oid: body for oid, (_, body) in self._batch(list(dict.fromkeys(oids))).items()}
+
+    def _batch(self, oids: Sequence[str]) -> dict[str, tuple[str, bytes]]:
+        """Objects by id, with their type, from one ``git cat-file --batch``."""
+        if not oids:
+            return {}
+        code, out, err = self._git(
+            ["cat-file", "--batch"], stdin="".join(f"{oid}\n" for oid in oids).encode()
+        )
+        if code != 0:
+            raise Waiting(Reason.FETCH_FAILED, f"git cat-file failed: {err.strip()[:300]}")
+        found: dict[str, tuple[str, bytes]] = {}
+        position = 0
+        for oid in oids:
+            header_end = out.index(b"\n", position)
+            fields = out[position:header_end].split()
+            if len(fields) != 3:  # noqa: PLR2004 - "<oid> <type> <size>"; "<oid> missing" otherwise
+                raise Stalled(Reason.FETCH_FAILED, f"object {oid} is missing from the fetched repository")
+            size = int(fields[2])
+            found[oid] = (fields[1].decode(), out[header_end + 1 : header_end + 1 + size])
+            position = header_end + 1 + size + 1
+        return found

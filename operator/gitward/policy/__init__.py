@@ -1,0 +1,1 @@
+"""Tenant policy over rendered objects: pure functions, every violation reported."""
