@@ -84,8 +84,10 @@ def _rbac(manifest: Manifest, key: str, namespace: str) -> list[tuple[Reason, st
                 found.append(
                     (
                         Reason.NAMESPACE_VIOLATION,
-                        f"binds ServiceAccount {subject.get('namespace')}/{subject.get('name')}, "
-                        "which is in another namespace",
+                        (
+                            f"binds ServiceAccount {subject.get('namespace')}/{subject.get('name')}, "
+                            "which is in another namespace"
+                        ),
                     )
                 )
             if subject.get("kind") == "Group" and (
