@@ -1,0 +1,273 @@
+"""``apply.dry_run``, ``apply.apply``, ``apply.prune``, ``apply.wait_healthy``: writing as the tenant.
+
+All writes go through an :class:`~gitward.kube.objects.Objects` whose client
+impersonates the tenant's ServiceAccount, so the API server authorizes every
+object against the tenant's Role. The order of events makes a commit all or
+nothing:
+
+1. ``dry_run``: the prune guard; ownership of every object (one LIST per
+   kind, not one GET per object); a server-side dry-run of every apply and
+   every prune. Failures are collected for all objects and reported
+   together. Nothing has been written.
+2. ``apply``: server-side apply with field manager ``gitward`` in dependency
+   tiers; objects within a tier concurrently.
+3. ``prune``: delete what left the inventory, workloads first, and only
+   objects this app owns.
+
+Each applied object carries the annotation ``gitward.dev/owner:
+<namespace>/<app>``; an object that exists without it, or with another
+owner, is an ``OwnershipConflict``, never taken over.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from gitward.api.conditions import Reason
+from gitward.api.resources import ChangeAction
+from gitward.apply import health, order
+from gitward.apply.inventory import MANAGED_LABEL, OWNER_ANNOTATION, PruneGuard, check_guard, to_prune
+from gitward.errors import GitwardError, Stalled
+from gitward.kube.objects import APIError, ObjectRef, Objects, classify, server_message
+from gitward.render.manifests import Manifest
+
+FIELD_MANAGER = "gitward"
+MAX_LISTED = 20
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What happened to one object."""
+
+    ref: ObjectRef
+    action: ChangeAction
+
+    def to_record(self) -> dict[str, str]:
+        """The entry in a GitOpsRevision's ``changes``."""
+        return {
+            "group": self.ref.group,
+            "kind": self.ref.kind,
+            "namespace": self.ref.namespace,
+            "name": self.ref.name,
+            "action": str(self.action),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A commit that passed the dry-run: what to write and what to prune."""
+
+    bodies: tuple[Mapping[str, Any], ...]
+    existing: Mapping[ObjectRef, Mapping[str, Any]]
+    prune: tuple[ObjectRef, ...]
+    origins: Mapping[ObjectRef, str] = field(default_factory=dict)
+
+    @property
+    def inventory(self) -> tuple[ObjectRef, ...]:
+        """The app's inventory once the plan is applied."""
+        return tuple(ObjectRef.of(body) for body in self.bodies)
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What an apply changed, and the app's new inventory."""
+
+    changes: tuple[Change, ...]
+    inventory: tuple[ObjectRef, ...]
+
+
+def _key(ref: ObjectRef) -> ObjectRef:
+    return ObjectRef(ref.group, "", ref.kind, ref.namespace, ref.name)
+
+
+def labelled(manifest: Manifest, owner: str) -> dict[str, Any]:
+    """The object as gitward applies it: with its owner annotation and managed-by label."""
+    obj = copy.deepcopy(dict(manifest.obj))
+    metadata = dict(obj.get("metadata") or {})
+    metadata["annotations"] = {**(metadata.get("annotations") or {}), OWNER_ANNOTATION: owner}
+    metadata["labels"] = {**(metadata.get("labels") or {}), MANAGED_LABEL: "gitward"}
+    obj["metadata"] = metadata
+    return obj
+
+
+def _summarize(failures: Sequence[GitwardError], verb: str) -> Stalled:
+    shown = "; ".join(f.message for f in failures[:MAX_LISTED])
+    more = f"; and {len(failures) - MAX_LISTED} more" if len(failures) > MAX_LISTED else ""
+    return Stalled(failures[0].reason, f"{len(failures)} object(s) {verb}: {shown}{more}")
+
+
+class Applier:
+    """Applies one app's objects through a tenant-impersonating client."""
+
+    def __init__(self, objects: Objects, *, owner: str, workers: int = 8) -> None:
+        self.objects = objects
+        self.owner = owner
+        self.workers = workers
+
+    def _parallel(self, items: Sequence[T], action: Callable[[T], R]) -> list[tuple[T, R | GitwardError]]:
+        def attempt(item: T) -> tuple[T, R | GitwardError]:
+            try:
+                return item, action(item)
+            except GitwardError as error:
+                return item, error
+
+        if len(items) <= 1 or self.workers <= 1:
+            return [attempt(item) for item in items]
+        with ThreadPoolExecutor(max_workers=min(self.workers, len(items))) as pool:
+            return list(pool.map(attempt, items))
+
+    def _existing(self, refs: Sequence[ObjectRef]) -> dict[ObjectRef, Mapping[str, Any]]:
+        found: dict[ObjectRef, Mapping[str, Any]] = {}
+        for api_version, kind, namespace in sorted({(r.api_version, r.kind, r.namespace) for r in refs}):
+            try:
+                items = self.objects.list(api_version, kind, namespace)
+            except APIError as error:
+                raise classify(
+                    error, ref=ObjectRef(*_split(api_version), kind, namespace, "*"), dry_run=True
+                ) from None
+            for item in items:
+                found[_key(ObjectRef.of(item))] = item
+        return found
+
+    def _owner_problem(self, ref: ObjectRef, live: Mapping[str, Any] | None) -> GitwardError | None:
+        if live is None:
+            return None
+        owner = ((live.get("metadata") or {}).get("annotations") or {}).get(OWNER_ANNOTATION)
+        if owner == self.owner:
+            return None
+        who = f"the app {owner}" if owner else "something other than gitward"
+        return Stalled(
+            Reason.OWNERSHIP_CONFLICT, f"{ref} already exists and belongs to {who}; it is not taken over"
+        )
+
+    def dry_run(
+        self,
+        manifests: Sequence[Manifest],
+        *,
+        previous: Sequence[ObjectRef] = (),
+        guard: PruneGuard | None = None,
+    ) -> Plan:
+        """Check everything the commit would do, writing nothing; raise listing every failure."""
+        bodies = [labelled(m, self.owner) for m in manifests]
+        refs = [ObjectRef.of(body) for body in bodies]
+        origins = {_key(ref): m.origin for ref, m in zip(refs, manifests, strict=True)}
+        check_guard(previous, refs, guard or PruneGuard())
+        pruned = to_prune(previous, refs)
+        existing = self._existing([*refs, *pruned])
+        failures: list[GitwardError] = [
+            problem for ref in refs if (problem := self._owner_problem(ref, existing.get(_key(ref))))
+        ]
+        prunable = []
+        for ref in pruned:
+            live = existing.get(_key(ref))
+            if live is not None and self._owner_problem(ref, live) is None:
+                prunable.append(ref)
+
+        def try_apply(body: Mapping[str, Any]) -> None:
+            ref = ObjectRef.of(body)
+            try:
+                self.objects.apply(body, field_manager=FIELD_MANAGER, dry_run=True)
+            except APIError as error:
+                raise _with_origin(classify(error, ref=ref, dry_run=True), origins.get(_key(ref))) from None
+
+        def try_delete(ref: ObjectRef) -> None:
+            try:
+                self.objects.delete(ref, dry_run=True)
+            except APIError as error:
+                raise classify(error, ref=ref, dry_run=True) from None
+
+        failures.extend(r for _, r in self._parallel(bodies, try_apply) if isinstance(r, GitwardError))
+        failures.extend(r for _, r in self._parallel(prunable, try_delete) if isinstance(r, GitwardError))
+        if failures:
+            failures.sort(key=lambda f: f.reason != Reason.APPLY_FORBIDDEN)
+            raise _summarize(failures, "refused by the dry-run")
+        return Plan(bodies=tuple(bodies), existing=existing, prune=tuple(prunable), origins=origins)
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        """Write the plan's objects tier by tier, then prune; return what changed."""
+        by_ref = {ObjectRef.of(body): body for body in plan.bodies}
+        tiers: dict[int, list[ObjectRef]] = {}
+        for ref in by_ref:
+            tiers.setdefault(order.tier(ref.kind), []).append(ref)
+        changes: list[Change] = []
+
+        def write(ref: ObjectRef) -> Change:
+            try:
+                stored = self.objects.apply(by_ref[ref], field_manager=FIELD_MANAGER)
+            except APIError as error:
+                raise _with_origin(
+                    classify(error, ref=ref, dry_run=False), plan.origins.get(_key(ref))
+                ) from None
+            before = plan.existing.get(_key(ref))
+            if before is None:
+                return Change(ref, ChangeAction.CREATED)
+            old_version = (before.get("metadata") or {}).get("resourceVersion")
+            new_version = (stored.get("metadata") or {}).get("resourceVersion")
+            return Change(ref, ChangeAction.UNCHANGED if old_version == new_version else ChangeAction.UPDATED)
+
+        for tier in sorted(tiers):
+            results = self._parallel(sorted(tiers[tier], key=str), write)
+            failures = [r for _, r in results if isinstance(r, GitwardError)]
+            if failures:
+                raise _summarize(failures, "failed to apply")
+            changes.extend(r for _, r in results if isinstance(r, Change))
+        changes.extend(self.prune(plan.prune))
+        return ApplyResult(changes=tuple(changes), inventory=plan.inventory)
+
+    def prune(self, refs: Sequence[ObjectRef]) -> list[Change]:
+        """Delete objects that left the inventory, workloads before what they use."""
+        changes = []
+        for index in order.prune_order([r.kind for r in refs]):
+            ref = refs[index]
+            try:
+                if self.objects.delete(ref):
+                    changes.append(Change(ref, ChangeAction.PRUNED))
+            except APIError as error:
+                raise classify(error, ref=ref, dry_run=False) from None
+        return changes
+
+
+def _split(api_version: str) -> tuple[str, str]:
+    group, _, version = api_version.rpartition("/")
+    return group, version
+
+
+def _with_origin(error: GitwardError, origin: str | None) -> GitwardError:
+    if origin:
+        error.message = f"{error.message} (from {origin})"
+    return error
+
+
+def wait_healthy(
+    objects: Objects,
+    refs: Sequence[ObjectRef],
+    *,
+    timeout: float,
+    interval: float = 1.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[ObjectRef, health.HealthStatus]:
+    """Poll the workloads among ``refs`` until all are healthy; ``HealthTimeout`` after ``timeout``."""
+    watched = [ref for ref in refs if health.needs_waiting(ref.group, ref.kind)]
+    deadline = clock() + timeout
+    while True:
+        statuses = {}
+        for ref in watched:
+            try:
+                statuses[ref] = health.assess(objects.get(ref))
+            except APIError as error:
+                statuses[ref] = health.HealthStatus(health.Health.MISSING, server_message(error))
+        pending = {ref: s for ref, s in statuses.items() if s.health is not health.Health.HEALTHY}
+        if not pending:
+            return statuses
+        if clock() >= deadline:
+            detail = "; ".join(f"{ref}: {s.message}" for ref, s in list(pending.items())[:MAX_LISTED])
+            raise Stalled(Reason.HEALTH_TIMEOUT, f"not healthy after {timeout:g}s: {detail}")
+        sleep(interval)

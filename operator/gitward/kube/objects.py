@@ -1,0 +1,295 @@
+"""Generic object access for any kind: discovery, server-side apply, list, get, delete.
+
+The apply layer and tenancy work with plain object bodies of any kind; this
+module turns ``apiVersion``/``kind`` into REST paths through API discovery
+(cached per client) and maps the API server's answers onto gitward's
+errors, quoting the server's own message (truncated) so a user sees why.
+Server-side apply is a ``PATCH`` with ``application/apply-patch+yaml``
+(JSON is YAML), a field manager, and optionally ``dryRun=All``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client import ApiException
+
+from gitward.api.conditions import Reason
+from gitward.errors import GitwardError, Stalled, Waiting, truncate
+
+_NOT_FOUND = 404
+_FORBIDDEN = 403
+_CONFLICT = 409
+_TRANSIENT = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """Where a kind is served."""
+
+    group: str
+    version: str
+    kind: str
+    plural: str
+    namespaced: bool
+
+    def path(self, *, namespace: str | None, name: str | None = None) -> str:
+        """The REST path of the collection or of one object."""
+        base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
+        scope = f"/namespaces/{namespace}" if self.namespaced and namespace else ""
+        tail = f"/{name}" if name else ""
+        return f"{base}{scope}/{self.plural}{tail}"
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """One object by kind and name, as kept in an app's inventory."""
+
+    group: str
+    version: str
+    kind: str
+    namespace: str
+    name: str
+
+    @classmethod
+    def of(cls, obj: Mapping[str, Any]) -> ObjectRef:
+        """The reference of an object body."""
+        group, _, version = str(obj.get("apiVersion", "")).rpartition("/")
+        metadata = obj.get("metadata") or {}
+        return cls(
+            group,
+            version,
+            str(obj.get("kind", "")),
+            str(metadata.get("namespace", "")),
+            str(metadata["name"]),
+        )
+
+    @classmethod
+    def from_inventory(cls, item: Mapping[str, Any]) -> ObjectRef:
+        """Parse an entry of ``status.inventory``."""
+        return cls(
+            str(item.get("group", "")),
+            str(item.get("version", "")),
+            str(item["kind"]),
+            str(item.get("namespace", "")),
+            str(item["name"]),
+        )
+
+    def to_inventory(self) -> dict[str, str]:
+        """The ``status.inventory`` entry."""
+        return {
+            "group": self.group,
+            "version": self.version,
+            "kind": self.kind,
+            "namespace": self.namespace,
+            "name": self.name,
+        }
+
+    @property
+    def api_version(self) -> str:
+        """``group/version`` or ``version``."""
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def __str__(self) -> str:
+        kind = f"{self.kind}.{self.group}" if self.group else self.kind
+        return f"{kind} {self.namespace}/{self.name}" if self.namespace else f"{kind} {self.name}"
+
+
+class APIError(Exception):
+    """An error answer from the API server, with its status and its own message (bounded).
+
+    Wrapping the client's exception (as kopf does) keeps the client library
+    inside this package: callers match on ``status`` and show ``message``.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+    @classmethod
+    def from_response(cls, status: int, body: bytes, reason: str | None) -> APIError:
+        """Build from a raw response, preferring the Status object's message."""
+        try:
+            message = str(json.loads(body or b"{}").get("message") or reason or status)
+        except (TypeError, ValueError, AttributeError):
+            message = body.decode(errors="replace") or str(reason)
+        return cls(status, truncate(message, 600))
+
+
+def server_message(error: APIError) -> str:
+    """The API server's own message."""
+    return error.message
+
+
+class Objects:
+    """Object access through one API client (the operator's, or one impersonating a tenant)."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self._resources: dict[tuple[str, str], dict[str, Resource]] = {}
+        self._lock = threading.Lock()
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, str]] | None = None,
+        body: object = None,
+        content_type: str = "application/json",
+    ) -> Any:  # noqa: ANN401 - raw JSON from the API server
+        """One request through the client's auth, TLS and connection pool; raises :class:`APIError`."""
+        method, url, headers, serialized, post_params = self.api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=query or [],
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self.api.call_api(
+                method,
+                url,
+                header_params=headers,
+                body=serialized,
+                post_params=post_params,
+                _request_timeout=60,
+            )
+        except ApiException as error:  # raised by the REST layer for transport-level failures
+            raise APIError(int(error.status or 0), str(error.reason or error)) from None
+        except OSError as error:
+            raise APIError(0, f"cannot reach the API server: {error}") from None
+        data = response.read()
+        if not 200 <= response.status <= 299:  # noqa: PLR2004 - the HTTP success range
+            raise APIError.from_response(response.status, data, response.reason)
+        return json.loads(data) if data else {}
+
+    def resource(self, api_version: str, kind: str) -> Resource:
+        """Discover where ``kind`` of ``api_version`` is served (cached)."""
+        group, _, version = api_version.rpartition("/")
+        key = (group, version)
+        with self._lock:
+            known = self._resources.get(key)
+        if known is None:
+            path = f"/api/{version}" if not group else f"/apis/{group}/{version}"
+            try:
+                listing = self._call("GET", path)
+            except APIError as error:
+                if error.status == _NOT_FOUND:
+                    raise Stalled(
+                        Reason.DRY_RUN_FAILED, f"the API server does not serve {api_version}"
+                    ) from None
+                raise _transient_or(error, Reason.DRY_RUN_FAILED, f"discovering {api_version}") from None
+            known = {
+                item["kind"]: Resource(
+                    group, version, item["kind"], item["name"], bool(item.get("namespaced"))
+                )
+                for item in listing.get("resources", [])
+                if "/" not in item["name"]
+            }
+            with self._lock:
+                self._resources[key] = known
+        if kind not in known:
+            raise Stalled(Reason.DRY_RUN_FAILED, f"the API server does not serve {kind} in {api_version}")
+        return known[kind]
+
+    def preferred_resource(self, group: str, kind: str) -> Resource | None:
+        """Where ``kind`` of ``group`` is served at the group's preferred version (None if it is not)."""
+        if not group:
+            return self.resource("v1", kind)
+        try:
+            listing = self._call("GET", f"/apis/{group}")
+        except APIError as error:
+            if error.status == _NOT_FOUND:
+                return None
+            raise
+        version = str((listing.get("preferredVersion") or {}).get("version", ""))
+        try:
+            return self.resource(f"{group}/{version}", kind)
+        except Stalled:
+            return None
+
+    def apply(
+        self, obj: Mapping[str, Any], *, field_manager: str, dry_run: bool = False, force: bool = True
+    ) -> dict[str, Any]:
+        """Server-side apply ``obj``; return what the server stored (or would store)."""
+        ref = ObjectRef.of(obj)
+        resource = self.resource(ref.api_version, ref.kind)
+        query = [("fieldManager", field_manager), ("force", "true" if force else "false")]
+        if dry_run:
+            query.append(("dryRun", "All"))
+        result: dict[str, Any] = self._call(
+            "PATCH",
+            resource.path(namespace=ref.namespace, name=ref.name),
+            query=query,
+            body=json.dumps(obj),
+            content_type="application/apply-patch+yaml",
+        )
+        return result
+
+    def get(self, ref: ObjectRef) -> dict[str, Any] | None:
+        """The object, or None if it does not exist."""
+        resource = self.resource(ref.api_version, ref.kind)
+        try:
+            found: dict[str, Any] = self._call("GET", resource.path(namespace=ref.namespace, name=ref.name))
+        except APIError as error:
+            if error.status == _NOT_FOUND:
+                return None
+            raise
+        return found
+
+    def list(self, api_version: str, kind: str, namespace: str) -> list[dict[str, Any]]:
+        """Every object of a kind in a namespace."""
+        resource = self.resource(api_version, kind)
+        listing = self._call("GET", resource.path(namespace=namespace))
+        items: list[dict[str, Any]] = listing.get("items", [])
+        for item in items:  # list items carry no apiVersion/kind of their own
+            item.setdefault("apiVersion", api_version)
+            item.setdefault("kind", kind)
+        return items
+
+    def delete(self, ref: ObjectRef, *, dry_run: bool = False) -> bool:
+        """Delete the object (background propagation); False if it was already gone."""
+        resource = self.resource(ref.api_version, ref.kind)
+        query = [("dryRun", "All")] if dry_run else []
+        try:
+            self._call(
+                "DELETE",
+                resource.path(namespace=ref.namespace, name=ref.name),
+                query=query,
+                body={"propagationPolicy": "Background"},
+            )
+        except APIError as error:
+            if error.status == _NOT_FOUND:
+                return False
+            raise
+        return True
+
+
+def _transient_or(error: APIError, reason: Reason, what: str) -> GitwardError:
+    if error.status in _TRANSIENT or error.status == 0:
+        return Waiting(reason, f"{what}: {server_message(error)}", retry_after=15)
+    return Stalled(reason, f"{what}: {server_message(error)}")
+
+
+def classify(error: APIError, *, ref: ObjectRef, dry_run: bool) -> GitwardError:
+    """Map an API error on one object onto the reason a user can act on."""
+    message = f"{ref}: {server_message(error)}"
+    if error.status == _FORBIDDEN:
+        return Stalled(Reason.APPLY_FORBIDDEN, message)
+    if error.status == _CONFLICT:
+        return Stalled(Reason.OWNERSHIP_CONFLICT, message)
+    del dry_run  # the same reason either way: the server refused the object as written
+    return _transient_or(error, Reason.DRY_RUN_FAILED, message)
+
+
+def is_forbidden(error: BaseException) -> bool:
+    """Whether an exception is the API server's 403."""
+    return isinstance(error, APIError) and error.status == _FORBIDDEN
