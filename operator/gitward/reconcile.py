@@ -1,17 +1,35 @@
 """The reconcile pipeline, as a short list of steps (see DESIGN.md).
 
 Each step is a function with a typed result that fails with a typed error
-carrying a condition reason; none of them knows about kopf. This module
-holds the source half of the pipeline, which decides whether a commit may
-be used at all; rendering, policy, apply and history follow it.
+carrying a condition reason; none of them knows about kopf.
+
+    resolved, verified = verified_source(...)   # tenants.resolve, source.fetch, trust.verify
+    deployed = deploy(resolved, verified, ...)  # render.load, policy.check, tenancy.ensure_namespace,
+                                                # apply.dry_run, apply.apply (+ prune), apply.wait_healthy
+
+The tenant's fence is ensured before the dry-run, not after: the dry-run
+runs as the fence's ServiceAccount, so that account and its Role must exist
+first. The fence comes from the tenant's spec, never from the commit, so
+the rule "nothing from a commit is written before every object passed
+policy and dry-run" still holds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from gitward.apply import health
+from gitward.apply.inventory import PruneGuard, owner_of
+from gitward.apply.run import Applier, ApplyResult, wait_healthy
+from gitward.kube.objects import ObjectRef, Objects
+from gitward.policy.check import check
+from gitward.render.limits import Limits
+from gitward.render.load import DEFAULT_KUSTOMIZE, Rendered, load
 from gitward.source import git
+from gitward.tenancy.baseline import TENANT_SERVICE_ACCOUNT
+from gitward.tenancy.ensure import ensure_namespace
 from gitward.tenants.resolve import Reader, ResolvedApp, resolve
 from gitward.trust.verify import VerifiedSource, verify
 
@@ -31,3 +49,46 @@ def verified_source(
     repo = git.Repository(checkout.repo, options=fetch_options)
     verified = verify(checkout, repo, last_applied=last_applied, settings=resolved.trust, keys=resolved.keys)
     return resolved, verified
+
+
+@dataclass(frozen=True, slots=True)
+class Deployed:
+    """A commit that was rendered, allowed, applied and found healthy."""
+
+    rendered: Rendered
+    result: ApplyResult
+    health: Mapping[ObjectRef, health.HealthStatus]
+
+
+def deploy(
+    resolved: ResolvedApp,
+    verified: VerifiedSource,
+    *,
+    operator: Objects,
+    as_tenant: Callable[[str, str], Objects],
+    fetch_options: git.FetchOptions,
+    previous_inventory: Sequence[ObjectRef] = (),
+    limits: Limits | None = None,
+    kustomize_command: Sequence[str] = DEFAULT_KUSTOMIZE,
+    wait: bool = True,
+) -> Deployed:
+    """Render, check, fence, dry-run, apply and wait; raise at the first step that refuses."""
+    repo = git.Repository(verified.checkout.repo, options=fetch_options)
+    rendered = load(
+        repo, verified.commit, resolved.spec.source.path, limits=limits, kustomize_command=kustomize_command
+    )
+    namespace = resolved.source.target_namespace
+    placed = check(rendered.manifests, tenant=resolved.tenant, namespace=namespace)
+    ensure_namespace(operator, namespace, tenant_name=resolved.tenant_name, tenant=resolved.tenant)
+    applier = Applier(
+        as_tenant(namespace, TENANT_SERVICE_ACCOUNT), owner=owner_of(resolved.namespace, resolved.name)
+    )
+    guard_spec = resolved.spec.prune_guard
+    guard = PruneGuard(allow_empty=guard_spec.allow_empty, max_share=guard_spec.max_share_percent / 100)
+    previous = previous_inventory if resolved.spec.prune else ()
+    plan = applier.dry_run(placed, previous=previous, guard=guard)
+    result = applier.apply(plan)
+    statuses: Mapping[ObjectRef, health.HealthStatus] = {}
+    if wait:
+        statuses = wait_healthy(operator, result.inventory, timeout=resolved.spec.health_timeout_seconds)
+    return Deployed(rendered=rendered, result=result, health=statuses)

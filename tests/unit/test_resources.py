@@ -59,6 +59,9 @@ def test_app_defaults_match_the_crd_defaults():
     assert app.auto_rollback is schema["autoRollback"]["default"]
     assert app.rollback_to == schema["rollbackTo"]["default"]
     assert app.target_namespace is None
+    guard = schema["pruneGuard"]["properties"]
+    assert app.prune_guard.allow_empty is guard["allowEmpty"]["default"]
+    assert app.prune_guard.max_share_percent == guard["maxSharePercent"]["default"]
 
 
 def test_tenant_defaults_match_the_crd_defaults():

@@ -143,6 +143,14 @@ class AppSource:
 
 
 @dataclass(frozen=True, slots=True)
+class PruneGuardSpec:
+    """``spec.pruneGuard``: how much one commit may delete."""
+
+    allow_empty: bool = False
+    max_share_percent: int = 50
+
+
+@dataclass(frozen=True, slots=True)
 class AppSpec:
     """What a team asks gitward to keep deployed."""
 
@@ -150,6 +158,7 @@ class AppSpec:
     source: AppSource
     target_namespace: Namespace | None = None
     prune: bool = True
+    prune_guard: PruneGuardSpec = PruneGuardSpec()
     suspend: bool = False
     history_limit: int = 50
     health_timeout_seconds: float = 300.0
@@ -245,6 +254,10 @@ def parse_app_spec(spec: Mapping[str, Any]) -> AppSpec:
     if not isinstance(history_limit, int) or isinstance(history_limit, bool) or history_limit < 1:
         raise InvalidResourceError("spec.historyLimit must be a positive integer")
     target = spec.get("targetNamespace")
+    guard = _mapping(spec.get("pruneGuard"), "spec.pruneGuard")
+    share = guard.get("maxSharePercent", 50)
+    if not isinstance(share, int) or isinstance(share, bool) or not 0 <= share <= 100:  # noqa: PLR2004 - percent
+        raise InvalidResourceError("spec.pruneGuard.maxSharePercent must be an integer from 0 to 100")
     return AppSpec(
         tenant=TenantName(_required_str(spec, "tenant", "spec")),
         source=AppSource(
@@ -256,6 +269,7 @@ def parse_app_spec(spec: Mapping[str, Any]) -> AppSpec:
         ),
         target_namespace=Namespace(str(target)) if target else None,
         prune=bool(spec.get("prune", True)),
+        prune_guard=PruneGuardSpec(allow_empty=bool(guard.get("allowEmpty", False)), max_share_percent=share),
         suspend=bool(spec.get("suspend", False)),
         history_limit=history_limit,
         health_timeout_seconds=parse_duration(str(spec.get("healthTimeout") or "5m")),
