@@ -258,14 +258,17 @@ class Objects:
     def delete(self, ref: ObjectRef, *, dry_run: bool = False) -> bool:
         """Delete the object (background propagation); False if it was already gone."""
         resource = self.resource(ref.api_version, ref.kind)
-        query = [("dryRun", "All")] if dry_run else []
+        # With a body, the API server takes DeleteOptions from the body alone and ignores the
+        # query string: dryRun must be in the body, or a "dry run" really deletes.
+        options: dict[str, Any] = {
+            "kind": "DeleteOptions",
+            "apiVersion": "v1",
+            "propagationPolicy": "Background",
+        }
+        if dry_run:
+            options["dryRun"] = ["All"]
         try:
-            self._call(
-                "DELETE",
-                resource.path(namespace=ref.namespace, name=ref.name),
-                query=query,
-                body={"propagationPolicy": "Background"},
-            )
+            self._call("DELETE", resource.path(namespace=ref.namespace, name=ref.name), body=options)
         except APIError as error:
             if error.status == _NOT_FOUND:
                 return False

@@ -112,6 +112,12 @@ def check(tree: Tree, root: str, read: Callable[[TreeEntry], bytes], *, limits: 
                 target = normalize(posixpath.join(directory, ref), what=f"{file}: {field} entry")
                 if field in {"resources", "bases", "components"}:
                     pending.append(target)
+                real = tree.resolve(target, read_link)
+                entry = tree.entries.get(real)
+                if entry is not None and entry.is_file and real.endswith((".yaml", ".yml", ".json")):
+                    # kustomize's own parser is not bounded the way ours is: vet every input first.
+                    for _ in load_documents(read(entry).decode(errors="replace"), file=target, limits=limits):
+                        pass
 
 
 def build(

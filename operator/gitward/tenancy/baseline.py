@@ -54,8 +54,9 @@ def network_policy(ns: str, *, tenant_name: str) -> dict[str, Any]:
         "metadata": _meta(NETWORK_POLICY, ns, tenant_name),
         "spec": {
             "podSelector": {},
+            # Ingress listed with no rules denies all ingress. (An explicit empty list would be
+            # dropped by the server and re-sent on every apply, so the object would never settle.)
             "policyTypes": ["Ingress", "Egress"],
-            "ingress": [],
             "egress": [
                 {
                     "to": [

@@ -1,0 +1,62 @@
+"""gitward.kube.objects against the real API server: dry-runs really write nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from gitward.api.conditions import Reason
+from gitward.errors import Stalled
+from gitward.kube.objects import APIError, ObjectRef, Objects
+
+pytestmark = pytest.mark.cluster
+
+
+def configmap(namespace: str) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "probe", "namespace": namespace},
+        "data": {"a": "1"},
+    }
+
+
+def test_a_dry_run_apply_creates_nothing(admin, namespace):
+    """Server-side apply with dryRun returns the object but stores nothing."""
+    objects = Objects(admin)
+    returned = objects.apply(configmap(namespace), field_manager="gitward", dry_run=True)
+    assert returned["data"] == {"a": "1"}
+    assert objects.get(ObjectRef.of(configmap(namespace))) is None
+
+
+def test_a_dry_run_delete_deletes_nothing(admin, namespace):
+    """A dry-run DELETE keeps the object (dryRun must travel in DeleteOptions, not the query string)."""
+    objects = Objects(admin)
+    objects.apply(configmap(namespace), field_manager="gitward")
+    ref = ObjectRef.of(configmap(namespace))
+    assert objects.delete(ref, dry_run=True) is True
+    assert objects.get(ref) is not None
+    assert objects.delete(ref) is True
+    assert objects.get(ref) is None
+    assert objects.delete(ref) is False
+
+
+def test_reapplying_the_same_object_leaves_it_unchanged(admin, namespace):
+    """A second identical apply does not bump the resourceVersion (how 'unchanged' is detected)."""
+    objects = Objects(admin)
+    first = objects.apply(configmap(namespace), field_manager="gitward")
+    second = objects.apply(configmap(namespace), field_manager="gitward")
+    assert first["metadata"]["resourceVersion"] == second["metadata"]["resourceVersion"]
+
+
+def test_unknown_kinds_and_errors_are_ours(admin, namespace):
+    """An unserved kind is DryRunFailed; an invalid object is an APIError carrying the server's message."""
+    objects = Objects(admin)
+    with pytest.raises(Stalled) as unknown:
+        objects.resource("example.com/v1", "Widget")
+    assert unknown.value.reason is Reason.DRY_RUN_FAILED
+    bad = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "bad", "namespace": namespace},
+           "spec": {"ports": [{"port": 70000}]}}  # fmt: skip
+    with pytest.raises(APIError) as invalid:
+        objects.apply(bad, field_manager="gitward", dry_run=True)
+    assert invalid.value.status == 422
+    assert "70000" in invalid.value.message

@@ -1,0 +1,205 @@
+"""A whole-pipeline harness: a signed repository, a tenant, and gitward deploying into a real namespace.
+
+The tenant and its keys are handed to ``tenants.resolve`` through a small
+in-memory reader (the real reader is tested against the API server in
+test_source_pipeline.py); everything else is real: git, ssh-keygen, the
+API server, RBAC, impersonation, admission and kwok.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client
+
+from gitward import reconcile
+from gitward.api.conditions import Reason
+from gitward.errors import Stalled
+from gitward.kube import clients
+from gitward.kube.objects import ObjectRef, Objects
+from gitward.source import git
+from support.signing import SshIdentity, WorkRepo
+from support.toolpaths import kubectl_binary
+
+RESTRICTED_POD: dict[str, Any] = {
+    "securityContext": {
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    },
+    "containers": [
+        {
+            "name": "app",
+            "image": "example.invalid/app:1",
+            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        }
+    ],
+}
+
+
+def configmap(name: str, **data: str) -> str:
+    body = "".join(f"  {k}: {v!r}\n" for k, v in (data or {"key": "value"}).items())
+    return f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n{body}"
+
+
+def deployment(name: str, *, replicas: int = 1, pod_annotations: Mapping[str, str] | None = None) -> str:
+    pod = copy.deepcopy(RESTRICTED_POD)
+    body = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}, "annotations": dict(pod_annotations or {})},
+                "spec": pod,
+            },
+        },
+    }
+    return yaml.safe_dump(body)
+
+
+class _Reader:
+    def __init__(self, harness: Harness) -> None:
+        self.harness = harness
+
+    def tenant(self, name: str) -> Mapping[str, Any]:
+        if name != self.harness.tenant_name:
+            raise Stalled(Reason.TENANT_NOT_FOUND, f"GitOpsTenant {name!r} does not exist")
+        return {"metadata": {"name": name}, "spec": self.harness.tenant_spec}
+
+    def key_config_map(self, name: str) -> Mapping[str, str]:  # noqa: ARG002 - one key set for any name
+        return {"allowed_signers": self.harness.signer.allowed_signers_line()}
+
+    def secret_data(self, namespace: str, name: str) -> Mapping[str, bytes]:  # noqa: ARG002
+        raise Stalled(Reason.FETCH_FAILED, "no secrets in this harness")
+
+
+class Harness:
+    """One tenant namespace, one app, one signed repository."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        admin: client.ApiClient,
+        configuration: client.Configuration,
+        namespace: str,
+        policy: Mapping[str, Any] | None = None,
+        isolation: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.root = root
+        self.namespace = namespace
+        self.tenant_name = f"tenant-{namespace}"
+        self.signer = SshIdentity.create(root / "keys", "signer")
+        self.work = WorkRepo.create(root / "work")
+        self.bare = self.work.bare_remote("origin", root / "remote.git")
+        self.tenant_spec: dict[str, Any] = {
+            "namespaces": [namespace],
+            "sources": [{"url": f"file://{self.bare}", "branches": ["main"]}],
+            "trust": {"keysFrom": [{"configMapRef": {"name": "keys"}}]},
+            "policy": dict(policy or {}),
+            "isolation": dict(
+                isolation
+                if isolation is not None
+                else {
+                    "networkPolicy": "default-deny",
+                    "resourceQuota": {"hard": {"pods": "20", "configmaps": "200"}},
+                    "limitRange": {
+                        "limits": [{"type": "Container", "default": {"cpu": "100m", "memory": "64Mi"}}]
+                    },
+                }
+            ),
+        }
+        self.options = git.FetchOptions(cache_root=root / "cache", allow_file_transport=True, timeout=30)
+        self.operator = Objects(admin)
+        self.configuration = configuration
+        self.admin = admin
+        self.last_applied: str | None = None
+        self.inventory: tuple[ObjectRef, ...] = ()
+        self.app_spec: dict[str, Any] = {"healthTimeout": "60s"}
+
+    def as_tenant(self, namespace: str, account: str) -> Objects:
+        return Objects(
+            clients.impersonating(self.configuration, clients.ServiceAccountRef(namespace, account))
+        )
+
+    def app(self) -> dict[str, Any]:
+        return {
+            "apiVersion": "gitward.dev/v1alpha1",
+            "kind": "GitOpsApp",
+            "metadata": {"name": "web", "namespace": self.namespace, "uid": f"uid-{self.namespace}"},
+            "spec": {
+                "tenant": self.tenant_name,
+                "source": {"url": f"file://{self.bare}", "branch": "main", "path": "deploy"},
+                **self.app_spec,
+            },
+        }
+
+    def push(
+        self,
+        files: Mapping[str, str],
+        *,
+        remove: tuple[str, ...] = (),
+        symlinks: Mapping[str, str] | None = None,
+    ) -> str:
+        for path in remove:
+            self.work.git("rm", "-q", "-r", "--ignore-unmatch", path)
+        for link, target in (symlinks or {}).items():
+            full = self.work.path / link
+            full.parent.mkdir(parents=True, exist_ok=True)
+            full.symlink_to(target)
+            self.work.git("add", link)
+        commit = self.work.commit(dict(files), message="change", sign=self.signer)
+        self.work.push()
+        return commit
+
+    def deploy(self, **kwargs: Any) -> reconcile.Deployed:
+        resolved, verified = reconcile.verified_source(
+            self.app(), reader=_Reader(self), fetch_options=self.options, last_applied=self.last_applied
+        )
+        deployed = reconcile.deploy(
+            resolved,
+            verified,
+            operator=self.operator,
+            as_tenant=self.as_tenant,
+            fetch_options=self.options,
+            previous_inventory=self.inventory,
+            kustomize_command=(kubectl_binary(), "kustomize"),
+            **kwargs,
+        )
+        self.last_applied = verified.commit
+        self.inventory = deployed.result.inventory
+        return deployed
+
+
+SNAPSHOT_KINDS = (
+    ("v1", "ConfigMap"),
+    ("v1", "Secret"),
+    ("v1", "Service"),
+    ("v1", "ServiceAccount"),
+    ("v1", "Pod"),
+    ("v1", "ResourceQuota"),
+    ("v1", "LimitRange"),
+    ("apps/v1", "Deployment"),
+    ("apps/v1", "StatefulSet"),
+    ("batch/v1", "Job"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+)
+
+
+def snapshot(objects: Objects, namespace: str) -> set[tuple[str, str, str]]:
+    """Every object of the usual kinds in a namespace, with its resourceVersion."""
+    found = set()
+    for api_version, kind in SNAPSHOT_KINDS:
+        for item in objects.list(api_version, kind, namespace):
+            metadata = item["metadata"]
+            found.add((kind, metadata["name"], metadata["resourceVersion"]))
+    return found
