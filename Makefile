@@ -32,7 +32,7 @@ lint: install
 	lint-imports
 
 test: install cluster-build
-	pytest $(PYTEST_ARGS) tests/unit tests/integration
+	pytest $(PYTEST_ARGS) tests/unit tests/integration tests/e2e
 
 test-unit: install
 	pytest $(PYTEST_ARGS) tests/unit

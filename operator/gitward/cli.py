@@ -1,8 +1,8 @@
 """The ``gitward`` command line.
 
-Sub-commands follow kubectl habits; each one is a thin shell over the same
-functions the operator uses. The operator itself, status, history, rollback,
-verify and diff join here as the pipeline steps behind them land.
+Sub-commands follow kubectl habits (tables by default, ``-o json|yaml``,
+``-n NAMESPACE``, a non-zero exit when something is wrong); each is a thin
+shell over the same functions the operator uses.
 """
 
 from __future__ import annotations
@@ -11,9 +11,17 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
+
+import yaml
 
 import gitward
+from gitward import logs
 from gitward.api import conditions, resources
+from gitward.history.records import chain_breaks, sequence_of, successful_commits
+from gitward.history.store import list_records
+from gitward.kube import clients
+from gitward.kube.objects import ObjectRef, Objects
 
 
 def _version(_args: argparse.Namespace) -> int:
@@ -30,6 +38,139 @@ def _reasons(args: argparse.Namespace) -> int:
     return 0
 
 
+def _objects(args: argparse.Namespace) -> Objects:
+    return Objects(clients.api_client(clients.load_configuration(args.kubeconfig)))
+
+
+def _print(rows: list[dict[str, Any]], columns: list[str], output: str) -> None:
+    if output == "json":
+        print(json.dumps(rows, indent=2))
+    elif output == "yaml":
+        print(yaml.safe_dump(rows, sort_keys=False), end="")
+    else:
+        print(table(rows, columns))
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A kubectl-style table: upper-case headers, columns padded to their widest cell."""
+    cells = [[c.upper() for c in columns]] + [[str(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    return "\n".join(
+        "   ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in cells
+    )
+
+
+def _condition(body: dict[str, Any], kind: str) -> dict[str, Any]:
+    for condition in (body.get("status") or {}).get("conditions") or ():
+        if condition.get("type") == kind:
+            return dict(condition)
+    return {}
+
+
+def _app_row(body: dict[str, Any]) -> dict[str, Any]:
+    ready = _condition(body, "Ready")
+    status = body.get("status") or {}
+    hold = status.get("rollback") or {}
+    return {
+        "namespace": body["metadata"]["namespace"],
+        "name": body["metadata"]["name"],
+        "ready": ready.get("status", "Unknown"),
+        "reason": ready.get("reason", ""),
+        "revision": (status.get("lastAppliedRevision") or "")[:12],
+        "held": (hold.get("commit") or "")[:12] if hold and not hold.get("released") else "",
+        "message": ready.get("message", ""),
+    }
+
+
+def _status(args: argparse.Namespace) -> int:
+    objects = _objects(args)
+    if args.app:
+        body = objects.get(
+            ObjectRef(resources.GROUP, resources.VERSION, resources.APP.kind, args.namespace, args.app)
+        )
+        if body is None:
+            print(f"GitOpsApp {args.namespace}/{args.app} not found", file=sys.stderr)
+            return 1
+        bodies = [body]
+    else:
+        bodies = objects.list(
+            resources.API_VERSION, resources.APP.kind, None if args.all_namespaces else args.namespace
+        )
+    rows = [_app_row(b) for b in bodies]
+    _print(rows, ["namespace", "name", "ready", "reason", "revision", "held", "message"], args.output)
+    return 0 if all(r["ready"] == "True" for r in rows) else 1
+
+
+def _history(args: argparse.Namespace) -> int:
+    records = list_records(_objects(args), args.namespace, args.app)
+    rows = [
+        {
+            "seq": sequence_of(r),
+            "commit": r["spec"]["commit"][:12],
+            "trigger": r["spec"]["trigger"],
+            "outcome": r["spec"]["outcome"],
+            "reason": r["spec"]["reason"],
+            "signer": r["spec"].get("signer", "")[:20],
+            "changes": len(r["spec"].get("changes") or ()),
+            "finished": r["spec"].get("finishedAt", ""),
+            "message": r["spec"].get("message", "")[:60],
+        }
+        for r in records
+    ]
+    _print(
+        rows,
+        ["seq", "commit", "trigger", "outcome", "reason", "signer", "changes", "finished", "message"],
+        args.output,
+    )
+    if breaks := chain_breaks(records):
+        print(f"warning: the history chain is broken before {', '.join(breaks)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    objects = _objects(args)
+    ref = ObjectRef(resources.GROUP, resources.VERSION, resources.APP.kind, args.namespace, args.app)
+    records = list_records(objects, args.namespace, args.app)
+    matches = sorted({c for c in successful_commits(records) if c.startswith(args.to)})
+    if len(matches) != 1:
+        print(
+            f"{args.to!r} matches {len(matches)} successfully applied commits of {args.app}", file=sys.stderr
+        )
+        return 1
+    objects.merge_patch(ref, {"spec": {"rollbackTo": matches[0]}})
+    print(f"gitopsapp/{args.app} rolling back to {matches[0]}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import os  # noqa: PLC0415 - only the operator needs these
+
+    import kopf  # noqa: PLC0415
+
+    from gitward import handlers  # noqa: PLC0415 - registers the handlers
+
+    logs.configure()
+    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.log_json else kopf.LogFormat.PLAIN)
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    config = handlers.Config(
+        namespace=args.operator_namespace,
+        cache_dir=args.cache_dir,
+        kubeconfig=args.kubeconfig,
+        webhook_host=args.webhook_host,
+        webhook_port=args.webhook_port,
+        kustomize=tuple(args.kustomize.split()),
+    )
+    kopf.run(
+        clusterwide=True,
+        standalone=True,
+        memo=kopf.Memo(config=config),
+        liveness_endpoint=args.liveness or None,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, separate from :func:`main` so tests can inspect it."""
     parser = argparse.ArgumentParser(
@@ -43,6 +184,44 @@ def build_parser() -> argparse.ArgumentParser:
     reasons = commands.add_parser("reasons", help="list every condition reason gitward reports")
     reasons.add_argument("-o", "--output", choices=["text", "json"], default="text")
     reasons.set_defaults(func=_reasons)
+
+    def kube_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument(
+            "--kubeconfig", default=None, help="kubeconfig to use (default: in-cluster, then ~/.kube)"
+        )
+        command.add_argument("-n", "--namespace", default="default", help="the app's namespace")
+        command.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+        return command
+
+    status = kube_command("status", "show apps: ready, reason, applied revision, rollback hold")
+    status.add_argument("app", nargs="?")
+    status.add_argument("-A", "--all-namespaces", action="store_true")
+    status.set_defaults(func=_status)
+    history = kube_command("history", "the change records of an app, oldest first")
+    history.add_argument("app")
+    history.set_defaults(func=_history)
+    rollback = kube_command("rollback", "go back to a commit that was applied before (sets spec.rollbackTo)")
+    rollback.add_argument("app")
+    rollback.add_argument(
+        "--to", required=True, help="a commit id (or unique prefix) with a successful record"
+    )
+    rollback.set_defaults(func=_rollback)
+    run = commands.add_parser("run", help="run the operator")
+    run.add_argument("--kubeconfig", default=None)
+    run.add_argument(
+        "--operator-namespace", default="gitward-system", help="where trusted-key ConfigMaps live"
+    )
+    run.add_argument("--cache-dir", default="/var/cache/gitward", help="git cache (0700)")
+    run.add_argument("--webhook-host", default="0.0.0.0")  # noqa: S104 - fenced by the operator's NetworkPolicy
+    run.add_argument("--webhook-port", type=int, default=9090)
+    run.add_argument("--kustomize", default="kubectl kustomize", help="the kustomize command")
+    run.add_argument(
+        "--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint ('' to disable)"
+    )
+    run.add_argument("--verbose", action="store_true", help="log every kopf step")
+    run.add_argument("--log-json", action="store_true", help="kopf's own logs as JSON too")
+    run.set_defaults(func=_run)
     return parser
 
 

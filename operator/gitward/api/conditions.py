@@ -68,6 +68,7 @@ class Reason(enum.StrEnum):
     EMPTY_SOURCE = "EmptySource"
     HEALTH_TIMEOUT = "HealthTimeout"
     ROLLED_BACK = "RolledBack"
+    ROLLBACK_NOT_ALLOWED = "RollbackNotAllowed"  # rollbackTo names a commit with no successful record
     SUSPENDED = "Suspended"
 
 

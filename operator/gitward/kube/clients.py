@@ -56,3 +56,20 @@ def impersonating(configuration: client.Configuration, account: ServiceAccountRe
     api = client.ApiClient(copy.deepcopy(configuration))
     api.set_default_header(IMPERSONATE_USER_HEADER, account.username)
     return api
+
+
+def connection_parts(configuration: client.Configuration) -> dict[str, str | bool | None]:
+    """What kopf's login needs from a client configuration: server, TLS files, and a bearer token if any."""
+    header = configuration.get_api_key_with_prefix("BearerToken") or configuration.get_api_key_with_prefix(
+        "authorization"
+    )
+    scheme, _, token = (header or "").rpartition(" ")
+    return {
+        "server": configuration.host,
+        "ca_path": configuration.ssl_ca_cert,
+        "insecure": not configuration.verify_ssl,
+        "certificate_path": configuration.cert_file,
+        "private_key_path": configuration.key_file,
+        "scheme": scheme or ("Bearer" if token else None),
+        "token": token or None,
+    }

@@ -66,7 +66,7 @@ class ObjectRef:
             version,
             str(obj.get("kind", "")),
             str(metadata.get("namespace", "")),
-            str(metadata["name"]),
+            str(metadata.get("name") or metadata.get("generateName") or ""),
         )
 
     @classmethod
@@ -245,15 +245,45 @@ class Objects:
             raise
         return found
 
-    def list(self, api_version: str, kind: str, namespace: str) -> list[dict[str, Any]]:
-        """Every object of a kind in a namespace."""
+    def list(
+        self, api_version: str, kind: str, namespace: str | None, *, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Every object of a kind in a namespace (or the cluster, with ``namespace=None``)."""
         resource = self.resource(api_version, kind)
-        listing = self._call("GET", resource.path(namespace=namespace))
+        query = [("labelSelector", label_selector)] if label_selector else []
+        listing = self._call("GET", resource.path(namespace=namespace), query=query)
         items: list[dict[str, Any]] = listing.get("items", [])
         for item in items:  # list items carry no apiVersion/kind of their own
             item.setdefault("apiVersion", api_version)
             item.setdefault("kind", kind)
         return items
+
+    def create(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create an object; None if one of that name already exists."""
+        ref = ObjectRef.of(body)
+        resource = self.resource(ref.api_version, ref.kind)
+        try:
+            created: dict[str, Any] = self._call(
+                "POST", resource.path(namespace=ref.namespace), body=dict(body)
+            )
+        except APIError as error:
+            if error.status == _CONFLICT:
+                return None
+            raise
+        return created
+
+    def merge_patch(
+        self, ref: ObjectRef, patch: Mapping[str, Any], *, subresource: str = ""
+    ) -> dict[str, Any]:
+        """JSON merge patch of an object or of a subresource (``status``)."""
+        resource = self.resource(ref.api_version, ref.kind)
+        path = resource.path(namespace=ref.namespace, name=ref.name) + (
+            f"/{subresource}" if subresource else ""
+        )
+        patched: dict[str, Any] = self._call(
+            "PATCH", path, body=dict(patch), content_type="application/merge-patch+json"
+        )
+        return patched
 
     def delete(self, ref: ObjectRef, *, dry_run: bool = False) -> bool:
         """Delete the object (background propagation); False if it was already gone."""

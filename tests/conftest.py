@@ -1,4 +1,4 @@
-"""Fixtures for tests against a real control plane.
+"""Fixtures for tests against a real control plane (integration and e2e tiers).
 
 The session brings up its own cluster with ``hack/cluster`` (etcd,
 kube-apiserver with RBAC, controller-manager, scheduler, kwok) in a

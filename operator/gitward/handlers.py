@@ -1,0 +1,256 @@
+"""kopf wiring, and nothing else: every decision lives in ``gitward.reconcile``.
+
+Each GitOpsApp gets a daemon: it reconciles, then sleeps for the app's
+interval (plus up to 10% jitter, so apps do not poll in lockstep) or until
+woken by a spec change, an on-demand request (the annotation
+``gitward.dev/reconcile-requested-at``) or a push webhook. A refused commit
+is not retried in a hot loop: the next poll finds the same head and skips.
+A transient failure (a flaky git server) is retried with exponential backoff
+up to the interval. The pipeline is synchronous and runs in a worker
+thread, so the event loop stays free for watches and webhooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kopf
+from aiohttp import web
+
+from gitward import logs, metrics, reconcile, webhook
+from gitward.api import resources
+from gitward.api.conditions import ConditionType, Reason
+from gitward.api.resources import Trigger, parse_duration
+from gitward.errors import GitwardError, Stalled, Waiting
+from gitward.kube import clients
+from gitward.kube.objects import APIError, ObjectRef, Objects, classify
+from gitward.kube.reads import KubeReader
+from gitward.source import git
+from gitward.tenancy.baseline import TENANT_SERVICE_ACCOUNT
+
+FINALIZER = "gitward.dev/finalizer"
+REQUEST_ANNOTATION = "gitward.dev/reconcile-requested-at"
+GROUP, VERSION, PLURAL = resources.GROUP, resources.VERSION, resources.APP.plural
+MAX_BACKOFF_STEPS = 6
+
+
+@dataclass
+class Config:
+    """How this operator process runs; set by ``gitward run``, never by a resource."""
+
+    namespace: str = "gitward-system"
+    cache_dir: str = "/var/cache/gitward"
+    kubeconfig: str | None = None
+    git_timeout: float = 60.0
+    worker_limit: int = 8
+    webhook_host: str = "0.0.0.0"  # noqa: S104 - the operator's Service reaches it; a NetworkPolicy fences it
+    webhook_port: int = 9090
+    kustomize: tuple[str, ...] = ("kubectl", "kustomize")
+
+
+@dataclass
+class Wakeup:
+    """A pending request to reconcile an app now."""
+
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    trigger: Trigger = Trigger.POLL
+    force: bool = False
+
+
+def _wakeup(memo: kopf.Memo, namespace: str, name: str) -> Wakeup:
+    wakeups: dict[tuple[str, str], Wakeup] = memo.wakeups
+    return wakeups.setdefault((namespace, name), Wakeup())
+
+
+def wake(memo: kopf.Memo, namespace: str, name: str, trigger: Trigger) -> bool:
+    """Ask an app's daemon to reconcile now; False if no such app runs here."""
+    if (namespace, name) not in memo.wakeups:
+        return False
+    pending = _wakeup(memo, namespace, name)
+    pending.trigger, pending.force = trigger, True
+    pending.event.set()
+    return True
+
+
+@kopf.on.login()
+def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    """Log kopf in with the same credentials gitward's own clients use."""
+    parts = clients.connection_parts(clients.load_configuration(memo.config.kubeconfig))
+    return kopf.ConnectionInfo(**parts)  # type: ignore[arg-type]
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Operator settings, the pipeline's services, and the webhook/metrics server."""
+    config: Config = memo.config
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="gitward.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="gitward.dev", key="last-handled-configuration"
+    )
+    settings.batching.worker_limit = config.worker_limit
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.posting.level = logging.WARNING
+    configuration = clients.load_configuration(config.kubeconfig)
+    operator = Objects(clients.api_client(configuration))
+
+    def as_tenant(namespace: str, account: str) -> Objects:
+        return Objects(clients.impersonating(configuration, clients.ServiceAccountRef(namespace, account)))
+
+    memo.operator = operator
+    memo.as_tenant = as_tenant
+    memo.wakeups = {}
+    memo.services = reconcile.Services(
+        reader=KubeReader(operator.api, operator_namespace=config.namespace),
+        operator=operator,
+        as_tenant=as_tenant,
+        fetch_options=git.FetchOptions(cache_root=Path(config.cache_dir), timeout=config.git_timeout),
+        kustomize_command=config.kustomize,
+    )
+
+    async def secret_for(namespace: str, name: str) -> bytes | None:
+        return await asyncio.to_thread(_webhook_secret, operator, namespace, name)
+
+    app = webhook.make_app(secret_for=secret_for, wake=lambda ns, n: wake(memo, ns, n, Trigger.WEBHOOK))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, config.webhook_host, config.webhook_port).start()
+    memo.webhook_runner = runner
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    """Stop the webhook server."""
+    runner = getattr(memo, "webhook_runner", None)
+    if runner is not None:
+        await runner.cleanup()
+
+
+def _webhook_secret(operator: Objects, namespace: str, name: str) -> bytes | None:
+    app = operator.get(ObjectRef(GROUP, VERSION, resources.APP.kind, namespace, name))
+    ref = ((app or {}).get("spec") or {}).get("webhook", {}).get("secretRef", {}).get("name")
+    if not ref:
+        return None
+    secret = operator.get(ObjectRef("", "v1", "Secret", namespace, str(ref)))
+    token = ((secret or {}).get("data") or {}).get("token")
+    return base64.b64decode(token) if token else None
+
+
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+async def spec_changed(*, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """A spec change is reconciled now, not at the next poll."""
+    wake(memo, namespace or "", name, Trigger.POLL)
+
+
+@kopf.on.field(GROUP, VERSION, PLURAL, field=["metadata", "annotations", REQUEST_ANNOTATION])
+async def requested(*, namespace: str | None, name: str, memo: kopf.Memo, new: Any, **_: Any) -> None:
+    """On demand: setting the request annotation reconciles now."""
+    if new:
+        wake(memo, namespace or "", name, Trigger.POLL)
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=30)
+async def run_app(
+    *, namespace: str | None, name: str, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any
+) -> None:
+    """Reconcile the app, sleep, repeat, until the app is deleted or the operator stops."""
+    namespace = namespace or ""
+    pending = _wakeup(memo, namespace, name)
+    services: reconcile.Services = memo.services
+    ref = ObjectRef(GROUP, VERSION, resources.APP.kind, namespace, name)
+    failures = 0
+    trigger, force = Trigger.POLL, False
+    log = logs.audit().bind(app=f"{namespace}/{name}")
+    try:
+        while not stopped:
+            body = await asyncio.to_thread(services.operator.get, ref)
+            if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+                return
+            started = time.perf_counter()
+            try:
+                outcome = await asyncio.to_thread(
+                    reconcile.reconcile_app, body, services, trigger=trigger, force=force
+                )
+            except (GitwardError, APIError) as error:  # status could not be written: retry with backoff
+                log.warning("reconcile error", error=str(error))
+                reason = error.reason if isinstance(error, GitwardError) else Reason.APPLY_FORBIDDEN
+                outcome = reconcile.Outcome(reconcile.Action.DEPLOY, reason, ready=False, retry_after=15)
+            _observe(namespace, name, outcome, time.perf_counter() - started)
+            interval = _interval(body)
+            if outcome.retry_after is not None:
+                failures += 1
+                delay = min(interval, outcome.retry_after * 2 ** min(failures - 1, MAX_BACKOFF_STEPS))
+            else:
+                failures = 0
+                delay = interval * (1 + random.uniform(0, 0.1))  # noqa: S311 - jitter, not cryptography
+            trigger, force = await _sleep(pending, stopped, delay)
+    finally:
+        memo.wakeups.pop((namespace, name), None)
+
+
+async def _sleep(pending: Wakeup, stopped: kopf.DaemonStopped, delay: float) -> tuple[Trigger, bool]:
+    """Sleep until the delay passes, a wake-up arrives, or the daemon is stopped."""
+    pending.event.clear()
+    waiter = asyncio.ensure_future(pending.event.wait())
+    stopper = asyncio.ensure_future(stopped.wait())
+    try:
+        await asyncio.wait({waiter, stopper}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        stopper.cancel()
+    if pending.event.is_set():
+        trigger, force = pending.trigger, pending.force
+        pending.trigger, pending.force = Trigger.POLL, False
+        return trigger, force
+    return Trigger.POLL, False
+
+
+def _interval(body: dict[str, Any]) -> float:
+    try:
+        return parse_duration(str(((body.get("spec") or {}).get("source") or {}).get("interval") or "1m"))
+    except ValueError:
+        return 60.0
+
+
+def _observe(namespace: str, name: str, outcome: reconcile.Outcome, seconds: float) -> None:
+    metrics.RECONCILE_SECONDS.labels(namespace, name).observe(seconds)
+    metrics.RECONCILES.labels(str(outcome.action), str(outcome.reason)).inc()
+    verifying = reconcile.step_of(outcome.reason) is ConditionType.SOURCE_VERIFIED
+    if outcome.action is not reconcile.Action.SKIP and verifying and outcome.reason is not Reason.SUCCEEDED:
+        metrics.VERIFICATION_FAILURES.labels(str(outcome.reason)).inc()
+    if outcome.ready and outcome.action is reconcile.Action.DEPLOY:
+        metrics.LAST_APPLIED.labels(namespace, name).set_to_current_time()
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+def delete_app(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """The finalizer: with ``prune: true``, delete what the app owns, as its tenant."""
+    spec = body.get("spec") or {}
+    if not spec.get("prune", True):
+        return
+    inventory = [ObjectRef.from_inventory(item) for item in (body.get("status") or {}).get("inventory") or ()]
+    target = spec.get("targetNamespace") or body.metadata.namespace
+    tenant_objects: Objects = memo.as_tenant(target, TENANT_SERVICE_ACCOUNT)
+    for ref in reversed(inventory):
+        try:
+            tenant_objects.delete(ref)
+        except APIError as error:
+            raise to_kopf(classify(error, ref=ref, dry_run=False)) from None
+
+
+def to_kopf(error: GitwardError) -> Exception:
+    """Map gitward's error kinds onto kopf's: stalled is permanent, waiting is retried after a delay."""
+    if isinstance(error, Waiting):
+        return kopf.TemporaryError(str(error), delay=error.retry_after)
+    if isinstance(error, Stalled):
+        return kopf.PermanentError(str(error))
+    return kopf.TemporaryError(str(error), delay=30)

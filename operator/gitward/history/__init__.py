@@ -1,0 +1,1 @@
+"""Every change attempt, recorded: GitOpsRevision records, Events and audit log lines."""
