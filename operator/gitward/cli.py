@@ -151,7 +151,9 @@ def _run(args: argparse.Namespace) -> int:
     from gitward import handlers  # noqa: PLC0415 - registers the handlers
 
     logs.configure()
-    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.log_json else kopf.LogFormat.PLAIN)
+    kopf.configure(
+        verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.log_json else kopf.LogFormat.PLAIN
+    )
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
     config = handlers.Config(

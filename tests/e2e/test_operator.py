@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client
+
 from support.gitservers import HttpsGitServer
 from support.operator import WEBHOOK_SECRET, OperatorProcess, World, push_payload
 from support.pipeline import configmap, deployment
@@ -63,7 +64,11 @@ def push(world: World, files: dict[str, str], *, sign: bool = True, message: str
 
 
 def applied(world: World, commit: str, timeout: float = 60) -> None:
-    wait_until(lambda: world.status().get("lastAppliedRevision") == commit, timeout=timeout, what=f"{commit[:12]} applied")
+    wait_until(
+        lambda: world.status().get("lastAppliedRevision") == commit,
+        timeout=timeout,
+        what=f"{commit[:12]} applied",
+    )
 
 
 def refused(world: World, reason: str, timeout: float = 60) -> dict:
@@ -77,21 +82,34 @@ def wake(operator: OperatorProcess, world: World, commit: str) -> None:
 
 def test_deploy_change_and_history(operator, world, kubectl):
     """A signed commit deploys (Ready=True, Deployment Available); a second one makes two records."""
-    first = push(world, {"deploy/app.yaml": deployment("web"), "deploy/config.yaml": configmap("settings", v="1")})
+    first = push(
+        world, {"deploy/app.yaml": deployment("web"), "deploy/config.yaml": configmap("settings", v="1")}
+    )
     world.create_app()
     applied(world, first)
     waited = kubectl("wait", "-n", world.namespace, "--for=condition=Ready", "gitopsapp/web", "--timeout=60s")
     assert "condition met" in waited.stdout
-    deployment_status = client.AppsV1Api(world.admin).read_namespaced_deployment_status("web", world.namespace)
+    deployment_status = client.AppsV1Api(world.admin).read_namespaced_deployment_status(
+        "web", world.namespace
+    )
     assert {c.type: c.status for c in deployment_status.status.conditions}["Available"] == "True"
 
     second = push(world, {"deploy/config.yaml": configmap("settings", v="2")})
     wake(operator, world, second)
     applied(world, second)
     records = world.records()
-    assert [(r["spec"]["commit"], r["spec"]["outcome"]) for r in records] == [(first, "Applied"), (second, "Applied")]
+    assert [(r["spec"]["commit"], r["spec"]["outcome"]) for r in records] == [
+        (first, "Applied"),
+        (second, "Applied"),
+    ]
     assert records[1]["spec"]["signer"] == world.signer.fingerprint
-    assert {"action": "updated", "kind": "ConfigMap", "name": "settings", "namespace": world.namespace, "group": ""} in records[1]["spec"]["changes"]
+    assert {
+        "action": "updated",
+        "kind": "ConfigMap",
+        "name": "settings",
+        "namespace": world.namespace,
+        "group": "",
+    } in records[1]["spec"]["changes"]
     assert world.configmap("settings") == {"v": "2"}
     events = client.CoreV1Api(world.admin).list_namespaced_event(world.namespace).items
     assert any(e.involved_object.name == "web" and e.reason == "Succeeded" for e in events)
@@ -138,9 +156,8 @@ def test_revert_and_rollback_to(operator, world):
     wake(operator, world, second)
     applied(world, second)
 
-    world.work._commit(["revert", "--no-edit", "HEAD"], world.signer)
+    reverted = world.work.revert(sign=world.signer)
     world.work.push()
-    reverted = world.work.head()
     wake(operator, world, reverted)
     applied(world, reverted)
     assert world.configmap("settings") == {"v": "1"}
@@ -169,7 +186,8 @@ def test_an_unhealthy_revision_is_rolled_back_automatically(operator, world):
     world.create_app(healthTimeout="5s")
     applied(world, healthy)
     broken = push(
-        world, {"deploy/app.yaml": deployment("web", pod_annotations={"gitward.dev/kwok-never-ready": "true"})}
+        world,
+        {"deploy/app.yaml": deployment("web", pod_annotations={"gitward.dev/kwok-never-ready": "true"})},
     )
     wake(operator, world, broken)
     ready = refused(world, "RolledBack", timeout=90)
@@ -194,11 +212,13 @@ def test_a_webhook_push_reconciles_well_inside_the_poll_interval(operator, world
     applied(world, second, timeout=30)
     latency = time.monotonic() - started
     with capsys.disabled():
-        print(f"\n[e2e] webhook -> applied latency: {latency:.2f}s (poll interval 3600s)")
+        print(f"\n[e2e] webhook -> applied latency: {latency:.2f}s (poll interval 3600s)")  # noqa: T201
     assert latency < 30
 
 
-def test_a_restarted_operator_resumes_without_duplicates(kubeconfig, operator_namespace, tmp_path, world, operator):
+def test_a_restarted_operator_resumes_without_duplicates(
+    kubeconfig, operator_namespace, tmp_path, world, operator
+):
     """Killed mid-way and restarted, the operator applies the new commit once, with no duplicate record."""
     first = push(world, {"deploy/config.yaml": configmap("settings", v="1")})
     world.create_app()
@@ -206,7 +226,9 @@ def test_a_restarted_operator_resumes_without_duplicates(kubeconfig, operator_na
     operator.stop(kill=True)
     try:
         second = push(world, {"deploy/config.yaml": configmap("settings", v="2")})
-        with OperatorProcess(kubeconfig, operator_namespace, operator.cache_dir, tmp_path / "second.log") as again:
+        with OperatorProcess(
+            kubeconfig, operator_namespace, operator.cache_dir, tmp_path / "second.log"
+        ) as again:
             wake(again, world, second)
             applied(world, second)
             time.sleep(2)

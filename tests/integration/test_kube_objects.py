@@ -60,3 +60,16 @@ def test_unknown_kinds_and_errors_are_ours(admin, namespace):
         objects.apply(bad, field_manager="gitward", dry_run=True)
     assert invalid.value.status == 422
     assert "70000" in invalid.value.message
+
+
+def test_create_and_merge_patch(admin, namespace):
+    """create returns None when the name is taken; merge_patch changes only what it names."""
+    objects = Objects(admin)
+    assert objects.create(configmap(namespace)) is not None
+    assert objects.create(configmap(namespace)) is None
+    patched = objects.merge_patch(ObjectRef.of(configmap(namespace)), {"data": {"b": "2"}})
+    assert patched["data"] == {"a": "1", "b": "2"}
+    event = {"apiVersion": "v1", "kind": "Event", "metadata": {"generateName": "probe.", "namespace": namespace},
+             "involvedObject": {"kind": "ConfigMap", "name": "probe", "namespace": namespace}, "reason": "Probe",
+             "message": "m", "type": "Normal"}  # fmt: skip
+    assert objects.create(event)["metadata"]["name"].startswith("probe.")

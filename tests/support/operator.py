@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -15,16 +16,16 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from kubernetes import client
-from support.gitservers import HttpsGitServer, free_port
-from support.signing import SshIdentity, WorkRepo
-from support.toolpaths import kubectl_binary
 
 from gitward.api import resources
 from gitward.history.store import list_records
 from gitward.kube.objects import ObjectRef, Objects
+from support.gitservers import HttpsGitServer, free_port
+from support.signing import SshIdentity, WorkRepo
+from support.toolpaths import kubectl_binary
 
 
 class OperatorProcess:
@@ -46,8 +47,10 @@ class OperatorProcess:
             "--webhook-host", "127.0.0.1", "--webhook-port", str(self.port), "--liveness", "",
             "--kustomize", f"{kubectl_binary()} kustomize",
         ]  # fmt: skip
-        with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -71,7 +74,7 @@ class OperatorProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
-    def __enter__(self) -> OperatorProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -85,7 +88,7 @@ class OperatorProcess:
             f"http://127.0.0.1:{self.port}/hooks/{namespace}/{app}", data=body, headers=headers, method="POST"
         )
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback http only
                 return int(response.status)
         except urllib.error.HTTPError as error:
             return int(error.code)
@@ -101,7 +104,9 @@ WEBHOOK_SECRET = b"e2e-webhook-secret"
 class World:
     """A tenant with a signing key, an app namespace, and the app's repository on an HTTPS server."""
 
-    def __init__(self, root: Path, admin: client.ApiClient, server: HttpsGitServer, operator_namespace: str) -> None:
+    def __init__(
+        self, root: Path, admin: client.ApiClient, server: HttpsGitServer, operator_namespace: str
+    ) -> None:
         self.admin = admin
         self.objects = Objects(admin)
         self.server = server
@@ -200,13 +205,13 @@ class World:
     def cleanup(self) -> None:
         custom = client.CustomObjectsApi(self.admin)
         for call in (
-            lambda: custom.delete_cluster_custom_object(resources.GROUP, resources.VERSION, "gitopstenants", self.tenant),
+            lambda: custom.delete_cluster_custom_object(
+                resources.GROUP, resources.VERSION, "gitopstenants", self.tenant
+            ),
             lambda: client.CoreV1Api(self.admin).delete_namespace(self.namespace),
         ):
-            try:
+            with contextlib.suppress(client.ApiException):
                 call()
-            except client.ApiException:
-                pass
 
 
 def push_payload(world: World, commit: str) -> bytes:

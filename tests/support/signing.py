@@ -189,6 +189,10 @@ class WorkRepo:
         self._commit(["commit", "-q", "--allow-empty", "-m", message], sign)
         return self.head()
 
+    def revert(self, *, sign: SshIdentity | GpgIdentity | None = None) -> str:
+        self._commit(["revert", "--no-edit", "HEAD"], sign)
+        return self.head()
+
     def merge(self, branch: str, *, sign: SshIdentity | GpgIdentity | None = None) -> str:
         self._commit(["merge", "-q", "--no-ff", "-m", f"merge {branch}", branch], sign)
         return self.head()
