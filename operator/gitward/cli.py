@@ -10,18 +10,32 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 import gitward
-from gitward import logs
+from gitward import logs, reconcile
 from gitward.api import conditions, resources
+from gitward.api.conditions import Reason
+from gitward.api.resources import Namespace, parse_tenant_spec
+from gitward.apply.inventory import owner_of
+from gitward.apply.run import Applier
+from gitward.errors import GitwardError, Stalled
 from gitward.history.records import chain_breaks, sequence_of, successful_commits
 from gitward.history.store import list_records
 from gitward.kube import clients
 from gitward.kube.objects import ObjectRef, Objects
+from gitward.kube.reads import KubeReader
+from gitward.policy.check import check as policy_check
+from gitward.render.load import load as render_load
+from gitward.source import allow, git, urls
+from gitward.tenancy.baseline import TENANT_SERVICE_ACCOUNT
+from gitward.trust import keys as trust_keys
+from gitward.trust.verify import TrustSettings, verify
 
 
 def _version(_args: argparse.Namespace) -> int:
@@ -143,6 +157,113 @@ def _rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    """Run the source checks on a local repository against a tenant's policy and keys, explaining each."""
+    objects = _objects(args)
+    reader = KubeReader(objects.api, operator_namespace=args.operator_namespace)
+    repo_path = Path(args.repo).resolve()
+    try:
+        tenant = parse_tenant_spec(reader.tenant(args.tenant).get("spec") or {})
+        allow.check_branch_name(args.branch)
+        rules = [r for r in tenant.sources if any(allow.glob_match(p, args.branch) for p in r.branches)]
+        if not rules:
+            raise Stalled(
+                Reason.BRANCH_NOT_ALLOWED,
+                f"no source of tenant {args.tenant!r} allows branch {args.branch!r}",
+            )
+        print(f"branch policy: {args.branch!r} is allowed by {', '.join(r.url for r in rules)}")
+        keys = trust_keys.from_config_maps(reader.key_config_map(ref.config_map) for ref in tenant.keys_from)
+        print(f"trusted keys:  {len(keys.openpgp)} OpenPGP, {len(keys.ssh_signers)} SSH")
+        with tempfile.TemporaryDirectory(prefix="gitward-verify-") as cache:
+            options = git.FetchOptions(cache_root=Path(cache), allow_file_transport=True)
+            url = urls.parse(f"file://{repo_path}", allow_file=True)
+            source = allow.AllowedSource(url, args.branch, rules[0], Namespace(tenant.namespaces[0]))
+            checkout = git.fetch(source, app_uid="cli-verify", credentials=None, options=options)
+            print(f"branch head:   {checkout.commit} (refs/heads/{args.branch} only)")
+            settings = TrustSettings(verify=tenant.verify, require_fast_forward=tenant.require_fast_forward)
+            repository = git.Repository(checkout.repo, options=options)
+            verified = verify(
+                checkout, repository, last_applied=args.last_applied, settings=settings, keys=keys
+            )
+    except GitwardError as error:
+        print(f"REFUSED {error.reason}: {error.message}")
+        return 1
+    mode = "every commit since the last applied one" if tenant.verify.value == "all" else "the head"
+    print(f"signatures:    {len(verified.verified_commits)} commit(s) verified ({mode})")
+    print(f"signer:        {verified.signer.format} {verified.signer.fingerprint} {verified.signer.identity}")
+    print(f"OK {verified.commit} may be deployed for tenant {args.tenant}")
+    return 0
+
+
+_VOLATILE = ("resourceVersion", "managedFields", "generation", "creationTimestamp", "uid")
+
+
+def _comparable(body: Mapping[str, Any] | None) -> dict[str, Any]:
+    if body is None:
+        return {}
+    clean = {k: v for k, v in body.items() if k != "status"}
+    clean["metadata"] = {k: v for k, v in (body.get("metadata") or {}).items() if k not in _VOLATILE}
+    return clean
+
+
+def _diff(args: argparse.Namespace) -> int:
+    """What the next apply would change, from a server-side dry-run as the tenant."""
+    configuration = clients.load_configuration(args.kubeconfig)
+    objects = Objects(clients.api_client(configuration))
+    app = objects.get(
+        ObjectRef(resources.GROUP, resources.VERSION, resources.APP.kind, args.namespace, args.app)
+    )
+    if app is None:
+        print(f"GitOpsApp {args.namespace}/{args.app} not found", file=sys.stderr)
+        return 1
+    status = app.get("status") or {}
+    with tempfile.TemporaryDirectory(prefix="gitward-diff-") as cache:
+        options = git.FetchOptions(cache_root=Path(cache))
+        try:
+            resolved, verified = reconcile.verified_source(
+                app,
+                reader=KubeReader(objects.api, operator_namespace=args.operator_namespace),
+                fetch_options=options,
+                last_applied=status.get("lastAppliedRevision"),
+            )
+            repo = git.Repository(verified.checkout.repo, options=options)
+            rendered = render_load(
+                repo, verified.commit, resolved.spec.source.path, kustomize_command=args.kustomize.split()
+            )
+            namespace = resolved.source.target_namespace
+            placed = policy_check(rendered.manifests, tenant=resolved.tenant, namespace=namespace)
+            tenant_objects = Objects(
+                clients.impersonating(
+                    configuration, clients.ServiceAccountRef(namespace, TENANT_SERVICE_ACCOUNT)
+                )
+            )
+            applier = Applier(tenant_objects, owner=owner_of(resolved.namespace, resolved.name))
+            previous = [ObjectRef.from_inventory(i) for i in status.get("inventory") or ()]
+            plan = applier.dry_run(placed, previous=previous if resolved.spec.prune else ())
+        except GitwardError as error:
+            print(f"REFUSED {error.reason}: {error.message}")
+            return 1
+        rows = []
+        for body in plan.bodies:
+            ref = ObjectRef.of(body)
+            live = next(
+                (v for k, v in plan.existing.items() if (k.kind, k.name) == (ref.kind, ref.name)), None
+            )
+            would = tenant_objects.apply(body, field_manager="gitward", dry_run=True)
+            action = (
+                "create"
+                if live is None
+                else ("unchanged" if _comparable(would) == _comparable(live) else "update")
+            )
+            rows.append({"action": action, "kind": ref.kind, "namespace": ref.namespace, "name": ref.name})
+        rows += [
+            {"action": "prune", "kind": r.kind, "namespace": r.namespace, "name": r.name} for r in plan.prune
+        ]
+    print(f"commit {verified.commit} (signed by {verified.signer.fingerprint})", file=sys.stderr)
+    _print(rows, ["action", "kind", "namespace", "name"], args.output)
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     import os  # noqa: PLC0415 - only the operator needs these
 
@@ -209,6 +330,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--to", required=True, help="a commit id (or unique prefix) with a successful record"
     )
     rollback.set_defaults(func=_rollback)
+    verify_cmd = commands.add_parser("verify", help="run the source checks on a local repository, explained")
+    verify_cmd.add_argument("--kubeconfig", default=None)
+    verify_cmd.add_argument("--operator-namespace", default="gitward-system")
+    verify_cmd.add_argument("--tenant", required=True)
+    verify_cmd.add_argument("--repo", required=True, help="path to a local git repository")
+    verify_cmd.add_argument("--branch", required=True)
+    verify_cmd.add_argument(
+        "--last-applied", default=None, help="check fast-forward and signatures since this commit"
+    )
+    verify_cmd.set_defaults(func=_verify)
+    diff = kube_command("diff", "what the next apply would change, from a server-side dry-run")
+    diff.add_argument("app")
+    diff.add_argument("--operator-namespace", default="gitward-system")
+    diff.add_argument("--kustomize", default="kubectl kustomize")
+    diff.set_defaults(func=_diff)
     run = commands.add_parser("run", help="run the operator")
     run.add_argument("--kubeconfig", default=None)
     run.add_argument(

@@ -226,9 +226,13 @@ class _AppRun:
         self.ref = ObjectRef("gitward.dev", "v1alpha1", "GitOpsApp", self.namespace, self.name)
 
     def write_status(self, conditions: Sequence[Condition], **fields: object) -> None:
-        ready = summarize_ready(conditions_from(self.status, conditions), observed_generation=self.generation)
+        explicit = [c for c in conditions if c.type is ConditionType.READY]
+        steps = [c for c in conditions if c.type is not ConditionType.READY]
+        ready = explicit[-1] if explicit else None
+        if ready is None:
+            ready = summarize_ready(conditions_from(self.status, steps), observed_generation=self.generation)
         merged = merge_conditions(
-            self.status.get("conditions") or (), [*conditions, ready], now=self.services.now()
+            self.status.get("conditions") or (), [*steps, ready], now=self.services.now()
         )
         status = {"observedGeneration": self.generation, "conditions": merged, **fields}
         if all(self.status.get(key) == value for key, value in status.items()):
@@ -282,12 +286,9 @@ def reconcile_app(
             _ready_reason(run.status) != Reason.SUSPENDED
             or run.status.get("observedGeneration") != run.generation
         ):
+            suspended = "reconciliation is suspended (spec.suspend)"
             run.write_status(
-                [
-                    Condition(
-                        ConditionType.READY, Status.FALSE, Reason.SUSPENDED, "reconciliation is suspended"
-                    )
-                ]
+                [Condition(ConditionType.READY, Status.FALSE, Reason.SUSPENDED, suspended, run.generation)]
             )
         return Outcome(Action.SKIP, Reason.SUSPENDED, ready=False)
     resolved: ResolvedApp | None = None

@@ -20,6 +20,7 @@ from kubernetes import client
 from support.gitservers import HttpsGitServer
 from support.operator import WEBHOOK_SECRET, OperatorProcess, World, push_payload
 from support.pipeline import configmap, deployment
+from support.toolpaths import kubectl_binary
 from support.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -76,6 +77,13 @@ def refused(world: World, reason: str, timeout: float = 60) -> dict:
                       what=f"Ready reason {reason}")  # fmt: skip
 
 
+def gitward_cli(operator: OperatorProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "gitward"), *args, "--kubeconfig", str(operator.kubeconfig)],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+
+
 def wake(operator: OperatorProcess, world: World, commit: str) -> None:
     assert operator.webhook(world.namespace, "web", push_payload(world, commit), WEBHOOK_SECRET) == 202
 
@@ -113,14 +121,62 @@ def test_deploy_change_and_history(operator, world, kubectl):
     assert world.configmap("settings") == {"v": "2"}
     events = client.CoreV1Api(world.admin).list_namespaced_event(world.namespace).items
     assert any(e.involved_object.name == "web" and e.reason == "Succeeded" for e in events)
-    cli = subprocess.run(
-        [str(Path(sys.executable).parent / "gitward"), "history", "web", "-n", world.namespace,
-         "--kubeconfig", str(operator.kubeconfig)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    cli = gitward_cli(operator, "history", "web", "-n", world.namespace)
     assert cli.returncode == 0, cli.stderr
     assert second[:12] in cli.stdout
+    status = gitward_cli(operator, "status", "web", "-n", world.namespace, "-o", "json")
+    assert status.returncode == 0
+    assert '"ready": "True"' in status.stdout
     assert "gitward_reconciles_total" in operator.metrics()
+    audit = [
+        line
+        for line in operator.log.read_text().splitlines()
+        if '"event_kind": "audit"' in line and second in line
+    ]
+    assert audit
+    assert '"outcome": "Applied"' in audit[0]
+    assert world.server.password not in operator.log.read_text()
+
+
+def test_a_poll_with_nothing_new_writes_nothing_and_diff_previews(operator, world):
+    """Past a whole interval with no new commit, the app is not written; `gitward diff` previews a change."""
+    first = push(
+        world, {"deploy/config.yaml": configmap("settings", v="1"), "deploy/other.yaml": configmap("other")}
+    )
+    world.create_app()
+    applied(world, first)
+    version = world.app()["metadata"]["resourceVersion"]
+    records = len(world.records())
+    time.sleep(13)  # the interval is 10s
+    assert world.app()["metadata"]["resourceVersion"] == version
+    assert len(world.records()) == records
+    world.patch_app({"source": {"interval": "1h"}})
+    generation = world.app()["metadata"]["generation"]
+    wait_until(lambda: world.status().get("observedGeneration") == generation, timeout=30, what="the new spec")
+    push(world, {"deploy/config.yaml": configmap("settings", v="2")}, message="edit")
+    world.work.git("rm", "-q", "deploy/other.yaml")
+    push(world, {"deploy/new.yaml": configmap("new")})
+    preview = gitward_cli(operator, "diff", "web", "-n", world.namespace, "--operator-namespace",
+                          world.operator_namespace, "--kustomize", f"{kubectl_binary()} kustomize")  # fmt: skip
+    assert preview.returncode == 0, preview.stdout + preview.stderr
+    lines = {tuple(line.split()[:2]) for line in preview.stdout.splitlines()[1:]}
+    assert {("update", "ConfigMap"), ("create", "ConfigMap"), ("prune", "ConfigMap")} <= lines
+    assert world.configmap("settings") == {"v": "1"}
+
+
+def test_suspend_stops_reconciling(operator, world):
+    """suspend: true reports Suspended and applies nothing until it is cleared."""
+    first = push(world, {"deploy/config.yaml": configmap("settings", v="1")})
+    world.create_app()
+    applied(world, first)
+    world.patch_app({"suspend": True})
+    refused(world, "Suspended")
+    second = push(world, {"deploy/config.yaml": configmap("settings", v="2")})
+    wake(operator, world, second)
+    time.sleep(3)
+    assert world.configmap("settings") == {"v": "1"}
+    world.patch_app({"suspend": False})
+    applied(world, second)
 
 
 def test_unsigned_and_force_push_are_refused_and_change_nothing(operator, world):
@@ -162,7 +218,8 @@ def test_revert_and_rollback_to(operator, world):
     applied(world, reverted)
     assert world.configmap("settings") == {"v": "1"}
 
-    world.patch_app({"rollbackTo": second})
+    rolled = gitward_cli(operator, "rollback", "web", "-n", world.namespace, "--to", second[:10])
+    assert rolled.returncode == 0, rolled.stderr
     wait_until(lambda: world.configmap("settings") == {"v": "2"}, timeout=60, what="the rollback")
     status = world.status()
     assert status["rollback"] == {"commit": second, "heldAtHead": reverted, "released": False}
