@@ -152,7 +152,9 @@ def test_a_poll_with_nothing_new_writes_nothing_and_diff_previews(operator, worl
     assert len(world.records()) == records
     world.patch_app({"source": {"interval": "1h"}})
     generation = world.app()["metadata"]["generation"]
-    wait_until(lambda: world.status().get("observedGeneration") == generation, timeout=30, what="the new spec")
+    wait_until(
+        lambda: world.status().get("observedGeneration") == generation, timeout=30, what="the new spec"
+    )
     push(world, {"deploy/config.yaml": configmap("settings", v="2")}, message="edit")
     world.work.git("rm", "-q", "deploy/other.yaml")
     push(world, {"deploy/new.yaml": configmap("new")})
