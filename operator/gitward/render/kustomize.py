@@ -15,12 +15,12 @@ import os
 import posixpath
 import re
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from gitward import processes
 from gitward.api.conditions import Reason
 from gitward.errors import Stalled
 from gitward.render.limits import Limits
@@ -143,25 +143,17 @@ def build(
             target.write_bytes(read(view.entry))
         (checkout / root).mkdir(parents=True, exist_ok=True)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(base), "LANG": "C", "LC_ALL": "C"}
-        try:
-            result = subprocess.run(
-                [*command, str(checkout / root)],
-                env=env,
-                cwd=base,
-                capture_output=True,
-                timeout=limits.kustomize_timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
+        if shutil.which(command[0], path=env["PATH"]) is None and not Path(command[0]).exists():
+            raise Stalled(Reason.YAML_REJECTED, f"kustomize is not available ({command[0]} not found)")
+        result = processes.run(
+            [*command, str(checkout / root)], env=env, cwd=base, timeout=limits.kustomize_timeout
+        )
+        if result.timed_out:
             raise Stalled(
                 Reason.YAML_REJECTED,
                 f"kustomize build of {root or '.'} took longer than {limits.kustomize_timeout:g}s",
-            ) from None
-        except FileNotFoundError:
-            raise Stalled(
-                Reason.YAML_REJECTED, f"kustomize is not available ({command[0]} not found)"
-            ) from None
-        if result.returncode != 0:
+            )
+        if result.code != 0:
             message = result.stderr.decode(errors="replace").replace(str(checkout) + "/", "").strip()
             raise Stalled(Reason.YAML_REJECTED, f"kustomize build of {root or '.'} failed: {message[:800]}")
         if len(result.stdout) > limits.max_total_bytes:
@@ -170,8 +162,3 @@ def build(
                 f"kustomize output of {root or '.'} exceeds {limits.max_total_bytes} bytes",
             )
         return result.stdout.decode(errors="replace")
-
-
-def kustomize_available(command: Sequence[str]) -> bool:
-    """Whether the configured kustomize command can be found."""
-    return shutil.which(command[0]) is not None

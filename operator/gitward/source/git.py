@@ -36,14 +36,13 @@ import os
 import re
 import secrets
 import shlex
-import signal
-import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from gitward import processes
 from gitward.api.conditions import Reason
 from gitward.errors import GitwardError, Stalled, Waiting
 from gitward.source import urls
@@ -322,37 +321,9 @@ def run_bounded(
     timeout: float,
     stdin: bytes | None = None,
 ) -> tuple[int | None, str, str]:
-    """Run a command; on timeout kill its whole process group and return ``None`` as the code."""
-    code, out, err = run_bounded_bytes(argv, env=env, cwd=cwd, timeout=timeout, stdin=stdin)
-    return code, out.decode(errors="replace"), err.decode(errors="replace")
-
-
-def run_bounded_bytes(
-    argv: Sequence[str],
-    *,
-    env: Mapping[str, str],
-    cwd: Path | None,
-    timeout: float,
-    stdin: bytes | None = None,
-) -> tuple[int | None, bytes, bytes]:
-    """:func:`run_bounded` without decoding (commit objects are bytes)."""
-    process = subprocess.Popen(
-        list(argv),
-        env=dict(env),
-        cwd=cwd,
-        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        out, err = process.communicate(stdin, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        return None, b"", b""
-    return process.returncode, out, err
+    """Run a command bounded in time; ``None`` as the code means it was killed at the limit."""
+    done = processes.run(argv, env=env, cwd=cwd, timeout=timeout, stdin=stdin)
+    return done.code, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
 
 
 @contextlib.contextmanager
@@ -471,10 +442,10 @@ class Repository:
             argv = [self.options.git]
             for item in _CONFIG:
                 argv += ["-c", item]
-            code, out, err = run_bounded_bytes(
+            done = processes.run(
                 [*argv, *args], env=env, cwd=self.path, timeout=self.options.timeout, stdin=stdin
             )
-        return code, out, err.decode(errors="replace")
+        return done.code, done.stdout, done.stderr.decode(errors="replace")
 
     def has_commit(self, sha: str) -> bool:
         """Whether ``sha`` names a commit present in this repository."""

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from gitward.api.conditions import Reason
 from gitward.errors import Stalled
 from gitward.source.commits import CommitObject
 from gitward.trust.decide import Signer, decide_openpgp
-from gitward.trust.tools import ToolResult, clean_environment, run_tool
+from gitward.trust.tools import ThrowawayHome, ToolResult, clean_environment, run_tool
 
 MAX_KEY_BYTES = 1 << 20
 _COMMON = (
@@ -26,19 +22,20 @@ _COMMON = (
 )
 
 
-class OpenPGPVerifier:
+class OpenPGPVerifier(ThrowawayHome):
     """Imports the trusted keys once, then verifies any number of commit signatures."""
 
+    prefix = "gitward-gpg-"
+
     def __init__(self, armored_keys: Sequence[str], *, timeout: float = 30.0, gpg: str = "gpg") -> None:
+        super().__init__()
         self.armored_keys = armored_keys
         self.timeout = timeout
         self.gpg = gpg
-        self.home: Path | None = None
         self.trusted_primaries: frozenset[str] = frozenset()
 
-    def __enter__(self) -> Self:
-        self.home = Path(tempfile.mkdtemp(prefix="gitward-gpg-"))
-        self.home.chmod(0o700)
+    def prepare(self, home: Path) -> None:  # noqa: ARG002 - gpg reaches the home through _gpg
+        """Import the tenant's keys into the fresh keyring and note their primary fingerprints."""
         material = "\n".join(self.armored_keys).encode()
         if len(material) > MAX_KEY_BYTES:
             raise Stalled(Reason.UNTRUSTED_SIGNER, "the tenant's OpenPGP keys exceed 1 MiB")
@@ -47,20 +44,12 @@ class OpenPGPVerifier:
             if imported.code != 0:
                 raise Stalled(Reason.UNTRUSTED_SIGNER, "the tenant's OpenPGP keys could not be imported")
             self.trusted_primaries = self._primary_fingerprints()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self.home is not None:
-            shutil.rmtree(self.home, ignore_errors=True)
-            self.home = None
 
     def _gpg(self, args: Sequence[str], *, stdin: bytes | None = None) -> ToolResult:
-        assert self.home is not None  # noqa: S101 - only called inside the context
+        home = self.require_home()
         return run_tool(
-            [self.gpg, "--homedir", str(self.home), *_COMMON, *args],
-            env=clean_environment(self.home),
+            [self.gpg, "--homedir", str(home), *_COMMON, *args],
+            env=clean_environment(home),
             timeout=self.timeout,
             stdin=stdin,
         )
@@ -82,15 +71,14 @@ class OpenPGPVerifier:
 
     def verify(self, commit: CommitObject) -> Signer:
         """Verify one commit's OpenPGP signature against the trusted keys only."""
-        if self.home is None:
-            raise RuntimeError("OpenPGPVerifier is used outside its context")
+        home = self.require_home()
         if not self.trusted_primaries:
             raise Stalled(
                 Reason.UNTRUSTED_SIGNER,
                 f"commit {commit.sha[:12]} is OpenPGP-signed, but the tenant trusts no OpenPGP key",
             )
-        signature = self.home / "commit.sig"
-        payload = self.home / "commit.payload"
+        signature = home / "commit.sig"
+        payload = home / "commit.payload"
         signature.write_bytes(commit.signature or b"")
         payload.write_bytes(commit.signed_payload)
         # gpg's exit code is not the verdict (an expired key's signature exits 0): the status lines are.

@@ -12,63 +12,53 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import shutil
-import tempfile
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from gitward.api.conditions import Reason
 from gitward.errors import Stalled
 from gitward.source.commits import CommitObject, SignatureFormat
 from gitward.trust.decide import Signer, decide_ssh
 from gitward.trust.keys import TrustedKeys
-from gitward.trust.tools import clean_environment, run_tool
+from gitward.trust.tools import ThrowawayHome, clean_environment, run_tool
 
 NAMESPACE = "git"
 _GOOD = re.compile(r'Good "git" signature (?:for \S+ )?with \S+ key (SHA256:[A-Za-z0-9+/]+)')
 
 
-class SSHVerifier:
+class SSHVerifier(ThrowawayHome):
     """Holds the allowed-signers file for one verification run."""
 
+    prefix = "gitward-ssh-"
+
     def __init__(self, keys: TrustedKeys, *, timeout: float = 30.0, ssh_keygen: str = "ssh-keygen") -> None:
+        super().__init__()
         self.keys = keys
         self.signers = keys.ssh_signers
         self.timeout = timeout
         self.ssh_keygen = ssh_keygen
-        self.home: Path | None = None
 
-    def __enter__(self) -> Self:
-        self.home = Path(tempfile.mkdtemp(prefix="gitward-ssh-"))
-        self.home.chmod(0o700)
-        (self.home / "allowed_signers").write_text(self.keys.allowed_signers)
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self.home is not None:
-            shutil.rmtree(self.home, ignore_errors=True)
-            self.home = None
+    def prepare(self, home: Path) -> None:
+        """Write the tenant's allowed-signers file."""
+        (home / "allowed_signers").write_text(self.keys.allowed_signers)
 
     def _keygen(self, *args: str, payload: bytes | None = None) -> tuple[int, str]:
-        assert self.home is not None  # noqa: S101 - only called inside the context
         result = run_tool(
-            [self.ssh_keygen, *args], env=clean_environment(self.home), timeout=self.timeout, stdin=payload
+            [self.ssh_keygen, *args],
+            env=clean_environment(self.require_home()),
+            timeout=self.timeout,
+            stdin=payload,
         )
         return result.code, (result.stdout + result.stderr).strip()
 
     def verify(self, commit: CommitObject, *, now: dt.datetime | None = None) -> Signer:
         """Verify one commit's SSH signature; refuse with the reason that fits."""
-        if self.home is None:
-            raise RuntimeError("SSHVerifier is used outside its context")
+        home = self.require_home()
         if not self.signers:
             raise Stalled(
                 Reason.UNTRUSTED_SIGNER,
                 f"commit {commit.sha[:12]} is SSH-signed, but the tenant trusts no SSH key",
             )
-        signature = self.home / "commit.sig"
+        signature = home / "commit.sig"
         signature.write_bytes(commit.signature or b"")
         code, output = self._keygen(
             "-Y", "check-novalidate", "-n", NAMESPACE, "-s", str(signature), payload=commit.signed_payload
@@ -87,7 +77,7 @@ class SSHVerifier:
             now=now or dt.datetime.now(dt.UTC),
             commit=commit.sha,
         )
-        allowed = str(self.home / "allowed_signers")
+        allowed = str(home / "allowed_signers")
         code, output = self._keygen("-Y", "find-principals", "-f", allowed, "-s", str(signature))
         principal = output.splitlines()[0].strip() if code == 0 and output else entry.principals
         code, output = self._keygen(

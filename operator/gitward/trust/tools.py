@@ -8,14 +8,16 @@ ever read.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import subprocess
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
+from gitward import processes
 from gitward.api.conditions import Reason
 from gitward.errors import Waiting
 
@@ -27,6 +29,41 @@ class ToolResult:
     code: int
     stdout: str
     stderr: str
+
+
+class ThrowawayHome:
+    """A private (0700) temporary directory for one verifier's keys and files, removed on every path."""
+
+    prefix = "gitward-trust-"
+
+    def __init__(self) -> None:
+        self.home: Path | None = None
+
+    def __enter__(self) -> Self:
+        self.home = Path(tempfile.mkdtemp(prefix=self.prefix))
+        self.home.chmod(0o700)
+        try:
+            self.prepare(self.home)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.home is not None:
+            shutil.rmtree(self.home, ignore_errors=True)
+            self.home = None
+
+    def prepare(self, home: Path) -> None:
+        """Fill the new home (keys, allowed signers); the default does nothing."""
+
+    def require_home(self) -> Path:
+        """The home, or an error if used outside the ``with`` block."""
+        if self.home is None:
+            raise RuntimeError(f"{type(self).__name__} is used outside its context")
+        return self.home
 
 
 def clean_environment(home: Path) -> dict[str, str]:
@@ -49,23 +86,10 @@ def run_tool(
     stdin: bytes | None = None,
     cwd: Path | None = None,
 ) -> ToolResult:
-    """Run a verification tool; on timeout kill its process group and report a retryable failure."""
-    process = subprocess.Popen(
-        list(argv),
-        env=dict(env),
-        cwd=cwd,
-        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
+    """Run a verification tool; a tool that outlives ``timeout`` is killed and the failure is retryable."""
+    done = processes.run(argv, env=env, timeout=timeout, stdin=stdin, cwd=cwd)
+    if done.timed_out:
+        raise Waiting(Reason.INVALID_SIGNATURE, f"{Path(argv[0]).name} timed out after {timeout:g}s")
+    return ToolResult(
+        int(done.code or 0), done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
     )
-    try:
-        out, err = process.communicate(stdin, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        raise Waiting(
-            Reason.INVALID_SIGNATURE, f"{Path(argv[0]).name} timed out after {timeout:g}s"
-        ) from None
-    return ToolResult(process.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
