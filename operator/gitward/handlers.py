@@ -1,4 +1,4 @@
-"""kopf wiring, and nothing else: every decision lives in ``gitward.reconcile``.
+"""kopf wiring, and nothing else: every decision lives in ``gitward.controller``.
 
 Each GitOpsApp gets a daemon: it reconciles, then sleeps for the app's
 interval (plus up to 10% jitter, so apps do not poll in lockstep) or until
@@ -24,7 +24,7 @@ from typing import Any
 import kopf
 from aiohttp import web
 
-from gitward import logs, metrics, reconcile, webhook
+from gitward import controller, logs, metrics, webhook
 from gitward.api import resources
 from gitward.api.conditions import ConditionType, Reason
 from gitward.api.resources import Trigger, parse_duration
@@ -109,7 +109,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.operator = operator
     memo.as_tenant = as_tenant
     memo.wakeups = {}
-    memo.services = reconcile.Services(
+    memo.services = controller.Services(
         reader=KubeReader(operator.api, operator_namespace=config.namespace),
         operator=operator,
         as_tenant=as_tenant,
@@ -165,7 +165,7 @@ async def run_app(
     """Reconcile the app, sleep, repeat, until the app is deleted or the operator stops."""
     namespace = namespace or ""
     pending = _wakeup(memo, namespace, name)
-    services: reconcile.Services = memo.services
+    services: controller.Services = memo.services
     ref = ObjectRef(GROUP, VERSION, resources.APP.kind, namespace, name)
     failures = 0
     trigger, force = Trigger.POLL, False
@@ -178,12 +178,12 @@ async def run_app(
             started = time.perf_counter()
             try:
                 outcome = await asyncio.to_thread(
-                    reconcile.reconcile_app, body, services, trigger=trigger, force=force
+                    controller.reconcile_app, body, services, trigger=trigger, force=force
                 )
             except (GitwardError, APIError) as error:  # status could not be written: retry with backoff
                 log.warning("reconcile error", error=str(error))
                 reason = error.reason if isinstance(error, GitwardError) else Reason.APPLY_FORBIDDEN
-                outcome = reconcile.Outcome(reconcile.Action.DEPLOY, reason, ready=False, retry_after=15)
+                outcome = controller.Outcome(controller.Action.DEPLOY, reason, ready=False, retry_after=15)
             _observe(namespace, name, outcome, time.perf_counter() - started)
             interval = _interval(body)
             if outcome.retry_after is not None:
@@ -221,13 +221,13 @@ def _interval(body: dict[str, Any]) -> float:
         return 60.0
 
 
-def _observe(namespace: str, name: str, outcome: reconcile.Outcome, seconds: float) -> None:
+def _observe(namespace: str, name: str, outcome: controller.Outcome, seconds: float) -> None:
     metrics.RECONCILE_SECONDS.labels(namespace, name).observe(seconds)
     metrics.RECONCILES.labels(str(outcome.action), str(outcome.reason)).inc()
-    verifying = reconcile.step_of(outcome.reason) is ConditionType.SOURCE_VERIFIED
-    if outcome.action is not reconcile.Action.SKIP and verifying and outcome.reason is not Reason.SUCCEEDED:
+    verifying = controller.step_of(outcome.reason) is ConditionType.SOURCE_VERIFIED
+    if outcome.action is not controller.Action.SKIP and verifying and outcome.reason is not Reason.SUCCEEDED:
         metrics.VERIFICATION_FAILURES.labels(str(outcome.reason)).inc()
-    if outcome.ready and outcome.action is reconcile.Action.DEPLOY:
+    if outcome.ready and outcome.action is controller.Action.DEPLOY:
         metrics.LAST_APPLIED.labels(namespace, name).set_to_current_time()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gitward.reconcile import Action, decide
+from gitward.controller import Action, decide
 
 A, B, C = "a" * 40, "b" * 40, "c" * 40
 
