@@ -91,9 +91,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     """Operator settings, the pipeline's services, and the webhook/metrics server."""
     config: Config = memo.config
     settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="gitward.dev")
+    # kopf hides annotations under its storage prefix from change detection, so its own bookkeeping
+    # lives under kopf.gitward.dev and the user-facing gitward.dev/* annotations stay visible.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.gitward.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="gitward.dev", key="last-handled-configuration"
+        prefix="kopf.gitward.dev", key="last-handled-configuration"
     )
     settings.batching.worker_limit = config.worker_limit
     settings.watching.server_timeout = 300
