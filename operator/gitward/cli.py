@@ -284,6 +284,7 @@ def _run(args: argparse.Namespace) -> int:
         webhook_host=args.webhook_host,
         webhook_port=args.webhook_port,
         kustomize=tuple(args.kustomize.split()),
+        service_account=args.service_account,
     )
     kopf.run(
         clusterwide=True,
@@ -356,6 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--kustomize", default="kubectl kustomize", help="the kustomize command")
     run.add_argument(
         "--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint ('' to disable)"
+    )
+    run.add_argument(
+        "--service-account",
+        default="",
+        help="NAMESPACE/NAME of the operator's ServiceAccount, bound to the fence in each tenant namespace",
     )
     run.add_argument("--verbose", action="store_true", help="log every kopf step")
     run.add_argument("--log-json", action="store_true", help="kopf's own logs as JSON too")

@@ -31,6 +31,7 @@ from gitward.errors import GitwardError, Stalled, Waiting
 from gitward.history import store
 from gitward.history.records import Attempt, successful_commits
 from gitward.history.records import Outcome as HistoryOutcome
+from gitward.kube.clients import ServiceAccountRef
 from gitward.kube.objects import ObjectRef, Objects
 from gitward.reconcile import Deployed, deploy
 from gitward.render.load import DEFAULT_KUSTOMIZE
@@ -76,6 +77,9 @@ class Services:
     as_tenant: Callable[[str, str], Objects]
     fetch_options: git.FetchOptions
     kustomize_command: Sequence[str] = DEFAULT_KUSTOMIZE
+    operator_account: ServiceAccountRef | None = (
+        None  # the operator's own ServiceAccount, when it runs as one
+    )
     now: Callable[[], str] = field(default=lambda: dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
@@ -372,7 +376,7 @@ def _apply_verified(
         deployed = deploy(
             resolved, verified, operator=services.operator, as_tenant=services.as_tenant,
             fetch_options=services.fetch_options, previous_inventory=_inventory(run.status),
-            kustomize_command=services.kustomize_command,
+            kustomize_command=services.kustomize_command, operator_account=services.operator_account,
         )  # fmt: skip
     except Waiting as error:
         run.write_status(_conditions_for_failure(error.reason, error.message, run.generation))
@@ -437,7 +441,7 @@ def _unhealthy(
         restored = deploy(
             resolved, good, operator=run.services.operator, as_tenant=run.services.as_tenant,
             fetch_options=run.services.fetch_options, previous_inventory=deployed.result.inventory,
-            kustomize_command=run.services.kustomize_command,
+            kustomize_command=run.services.kustomize_command, operator_account=run.services.operator_account,
         )  # fmt: skip
     except GitwardError as error:
         message = (

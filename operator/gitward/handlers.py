@@ -53,6 +53,7 @@ class Config:
     webhook_host: str = "0.0.0.0"  # noqa: S104 - the operator's Service reaches it; a NetworkPolicy fences it
     webhook_port: int = 9090
     kustomize: tuple[str, ...] = ("kubectl", "kustomize")
+    service_account: str = ""  # "namespace/name" of the operator's own ServiceAccount, if it runs as one
 
 
 @dataclass
@@ -117,6 +118,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         as_tenant=as_tenant,
         fetch_options=git.FetchOptions(cache_root=Path(config.cache_dir), timeout=config.git_timeout),
         kustomize_command=config.kustomize,
+        operator_account=clients.ServiceAccountRef(*config.service_account.split("/", 1))
+        if config.service_account
+        else None,
     )
 
     async def secret_for(namespace: str, name: str) -> bytes | None:

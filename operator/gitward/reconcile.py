@@ -25,6 +25,7 @@ from gitward.apply import health
 from gitward.apply.inventory import PruneGuard, owner_of
 from gitward.apply.run import Applier, ApplyResult, wait_healthy
 from gitward.errors import Stalled
+from gitward.kube.clients import ServiceAccountRef
 from gitward.kube.objects import ObjectRef, Objects
 from gitward.policy.check import check
 from gitward.render.limits import Limits
@@ -74,6 +75,7 @@ def deploy(
     limits: Limits | None = None,
     kustomize_command: Sequence[str] = DEFAULT_KUSTOMIZE,
     wait: bool = True,
+    operator_account: ServiceAccountRef | None = None,
 ) -> Deployed:
     """Render, check, fence, dry-run, apply and wait; raise at the first step that refuses."""
     repo = git.Repository(verified.checkout.repo, options=fetch_options)
@@ -82,7 +84,13 @@ def deploy(
     )
     namespace = resolved.source.target_namespace
     placed = check(rendered.manifests, tenant=resolved.tenant, namespace=namespace)
-    ensure_namespace(operator, namespace, tenant_name=resolved.tenant_name, tenant=resolved.tenant)
+    ensure_namespace(
+        operator,
+        namespace,
+        tenant_name=resolved.tenant_name,
+        tenant=resolved.tenant,
+        operator_account=operator_account,
+    )
     applier = Applier(
         as_tenant(namespace, TENANT_SERVICE_ACCOUNT), owner=owner_of(resolved.namespace, resolved.name)
     )

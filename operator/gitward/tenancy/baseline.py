@@ -154,6 +154,31 @@ def rbac(ns: str, *, tenant_name: str, kinds: Iterable[KindInfo]) -> list[dict[s
     ]
 
 
+OPERATOR_BINDINGS = (
+    ("gitward-operator-fence", "gitward-fence"),
+    ("gitward-operator-tenant", "gitward-tenant"),
+)
+
+
+def operator_bindings(ns: str, *, tenant_name: str, namespace: str, name: str) -> list[dict[str, Any]]:
+    """RoleBindings giving the operator, in this namespace only, the fence and the tenant's kinds.
+
+    Holding the tenant's kinds here is what lets the operator create the tenant's Role without the
+    ``escalate`` verb (RBAC only lets you grant what you hold); the fence ClusterRole also lets it
+    read this namespace's Secrets (git credentials, webhook tokens), and no others.
+    """
+    return [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _meta(binding, ns, tenant_name),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+        }
+        for binding, cluster_role in OPERATOR_BINDINGS
+    ]
+
+
 def objects_for(
     ns: str, *, tenant_name: str, tenant: TenantSpec, kinds: Iterable[KindInfo]
 ) -> list[dict[str, Any]]:

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from gitward.api.resources import TenantSpec
-from gitward.kube.objects import ObjectRef, Objects
+from gitward.kube.clients import ServiceAccountRef
+from gitward.kube.objects import APIError, ObjectRef, Objects
 from gitward.policy.kinds import KNOWN, KindInfo, allowed_set
 from gitward.tenancy import baseline
 
 FIELD_MANAGER = "gitward-tenancy"
 
 
-def ensure_namespace(objects: Objects, ns: str, *, tenant_name: str, tenant: TenantSpec) -> list[ObjectRef]:
+def ensure_namespace(
+    objects: Objects,
+    ns: str,
+    *,
+    tenant_name: str,
+    tenant: TenantSpec,
+    operator_account: ServiceAccountRef | None = None,
+) -> list[ObjectRef]:
     """Create or update the fence of ``ns``, remove parts the tenant no longer wants, return what exists."""
     discovered: dict[str, KindInfo] = {}
     for key in allowed_set(tenant.allowed_kinds):
@@ -20,11 +31,33 @@ def ensure_namespace(objects: Objects, ns: str, *, tenant_name: str, tenant: Ten
             if resource is not None:
                 discovered[key] = KindInfo(group, kind, resource.plural, resource.namespaced)
     kinds = baseline.allowed_kind_infos(tenant, discovered)
-    applied = []
-    for body in baseline.objects_for(ns, tenant_name=tenant_name, tenant=tenant, kinds=kinds):
-        objects.apply(body, field_manager=FIELD_MANAGER, force=True)
+    bodies = baseline.objects_for(ns, tenant_name=tenant_name, tenant=tenant, kinds=kinds)
+    namespace_body, fence = bodies[0], bodies[1:]
+    objects.apply(namespace_body, field_manager=FIELD_MANAGER, force=True)
+    applied = [ObjectRef.of(namespace_body)]
+    if operator_account is not None:
+        for body in baseline.operator_bindings(
+            ns, tenant_name=tenant_name, namespace=operator_account.namespace, name=operator_account.name
+        ):
+            objects.apply(body, field_manager=FIELD_MANAGER, force=True)
+            applied.append(ObjectRef.of(body))
+    for body in fence:
+        _apply_once_authorized(objects, body)
         applied.append(ObjectRef.of(body))
     for api_version, kind, name in baseline.absent_for(tenant):
         group, _, version = api_version.rpartition("/")
         objects.delete(ObjectRef(group, version, kind, ns, name))
     return applied
+
+
+def _apply_once_authorized(objects: Objects, body: dict[str, Any], *, attempts: int = 20) -> None:
+    """Apply, waiting briefly for RoleBindings made a moment ago to reach the API server's authorizer."""
+    for attempt in range(attempts):
+        try:
+            objects.apply(body, field_manager=FIELD_MANAGER, force=True)
+        except APIError as error:
+            if error.status != 403 or attempt == attempts - 1:  # noqa: PLR2004 - Forbidden
+                raise
+            time.sleep(0.25)
+        else:
+            return
