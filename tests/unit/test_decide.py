@@ -30,6 +30,6 @@ def status(**fields):
          Action.DEPLOY),  # the field was cleared (a new generation): back to the branch head
     ],
 )  # fmt: skip
-def test_decide(state, head, generation, rollback_to, force, expected):  # noqa: PLR0917 - parametrized
+def test_decide(state, head, generation, rollback_to, force, expected):
     """Each combination of status, head, generation and rollback request has one action."""
     assert decide(state, generation=generation, head=head, rollback_to=rollback_to, force=force) is expected
