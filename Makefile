@@ -30,6 +30,7 @@ lint: install
 	ruff format --check .
 	mypy
 	lint-imports
+	hadolint Dockerfile
 
 test: install cluster-build
 	pytest $(PYTEST_ARGS) tests/unit tests/integration tests/e2e
