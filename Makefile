@@ -31,6 +31,7 @@ lint: install
 	mypy
 	lint-imports
 	hadolint Dockerfile
+	$(BIN)/python hack/gen-reference --check
 
 test: install cluster-build
 	pytest $(PYTEST_ARGS) tests/unit tests/integration tests/e2e
