@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from gitward.kube import clients
+from support.kube import temporary_namespace
 from support.paths import CLUSTER, CRDS
 from support.waiting import wait_until
 
@@ -104,17 +104,8 @@ def kubectl(kubeconfig: Path) -> Callable[..., subprocess.CompletedProcess[str]]
 @pytest.fixture
 def namespace(admin: client.ApiClient) -> Iterator[str]:
     """A fresh namespace for one test, deleted afterwards."""
-    core = client.CoreV1Api(admin)
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    try:
+    with temporary_namespace(admin) as name:
         yield name
-    finally:
-        try:
-            core.delete_namespace(name)
-        except ApiException as error:
-            if error.status != 404:
-                raise
 
 
 @pytest.fixture

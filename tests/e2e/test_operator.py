@@ -11,13 +11,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 from kubernetes import client
 
 from support.gitservers import HttpsGitServer
+from support.kube import temporary_namespace
 from support.operator import WEBHOOK_SECRET, OperatorProcess, World, push_payload
 from support.pipeline import configmap, deployment
 from support.toolpaths import kubectl_binary
@@ -28,11 +28,8 @@ pytestmark = pytest.mark.cluster
 
 @pytest.fixture(scope="module")
 def operator_namespace(admin):
-    core = client.CoreV1Api(admin)
-    name = f"gitward-system-{uuid.uuid4().hex[:6]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name)
+    with temporary_namespace(admin, "gitward-system") as name:
+        yield name
 
 
 @pytest.fixture(scope="module")

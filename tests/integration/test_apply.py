@@ -8,8 +8,6 @@ refuses what gitward's policy would have, when the policy is bypassed.
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 import yaml
 from kubernetes import client
@@ -23,6 +21,7 @@ from gitward.kube.objects import APIError, ObjectRef
 from gitward.render.limits import Limits
 from gitward.render.manifests import Manifest
 from gitward.tenancy.baseline import TENANT_SERVICE_ACCOUNT
+from support.kube import temporary_namespace
 from support.pipeline import Harness, configmap, deployment, snapshot
 from support.waiting import wait_until
 
@@ -36,11 +35,8 @@ def harness(tmp_path, admin, kube_configuration, namespace, crds) -> Harness:
 
 @pytest.fixture
 def other_namespace(admin):
-    core = client.CoreV1Api(admin)
-    name = f"t-other-{uuid.uuid4().hex[:8]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name)
+    with temporary_namespace(admin, "t-other") as name:
+        yield name
 
 
 def actions(deployed) -> dict[str, str]:

@@ -9,7 +9,6 @@ refusal raises; nothing from a refused commit reaches a later step.
 from __future__ import annotations
 
 import base64
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +23,7 @@ from gitward.kube.reads import KubeReader
 from gitward.source import git
 from gitward.trust.verify import VerifiedSource
 from support.gitservers import HttpsGitServer
+from support.kube import temporary_namespace
 from support.signing import SshIdentity, WorkRepo
 
 pytestmark = pytest.mark.cluster
@@ -31,11 +31,8 @@ pytestmark = pytest.mark.cluster
 
 @pytest.fixture
 def operator_namespace(admin):
-    core = client.CoreV1Api(admin)
-    name = f"gw-sys-{uuid.uuid4().hex[:8]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name)
+    with temporary_namespace(admin, "gw-sys") as name:
+        yield name
 
 
 @pytest.fixture
