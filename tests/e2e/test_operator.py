@@ -69,6 +69,14 @@ def applied(world: World, commit: str, timeout: float = 60) -> None:
     )
 
 
+def deployed(world: World, files: dict[str, str] | None = None, **spec: str) -> str:
+    """Push a first signed commit, create the app, and wait until the commit is applied."""
+    first = push(world, files or {"deploy/config.yaml": configmap("settings", v="1")})
+    world.create_app(**spec)
+    applied(world, first)
+    return first
+
+
 def refused(world: World, reason: str, timeout: float = 60) -> dict:
     return wait_until(lambda: world.ready() if world.ready().get("reason") == reason else None, timeout=timeout,
                       what=f"Ready reason {reason}")  # fmt: skip
@@ -87,11 +95,9 @@ def wake(operator: OperatorProcess, world: World, commit: str) -> None:
 
 def test_deploy_change_and_history(operator, world, kubectl):
     """A signed commit deploys (Ready=True, Deployment Available); a second one makes two records."""
-    first = push(
+    first = deployed(
         world, {"deploy/app.yaml": deployment("web"), "deploy/config.yaml": configmap("settings", v="1")}
     )
-    world.create_app()
-    applied(world, first)
     waited = kubectl("wait", "-n", world.namespace, "--for=condition=Ready", "gitopsapp/web", "--timeout=60s")
     assert "condition met" in waited.stdout
     deployment_status = client.AppsV1Api(world.admin).read_namespaced_deployment_status(
@@ -137,11 +143,9 @@ def test_deploy_change_and_history(operator, world, kubectl):
 
 def test_a_poll_with_nothing_new_writes_nothing_and_diff_previews(operator, world):
     """Past a whole interval with no new commit, the app is not written; `gitward diff` previews a change."""
-    first = push(
+    deployed(
         world, {"deploy/config.yaml": configmap("settings", v="1"), "deploy/other.yaml": configmap("other")}
     )
-    world.create_app()
-    applied(world, first)
     version = world.app()["metadata"]["resourceVersion"]
     records = len(world.records())
     time.sleep(13)  # the interval is 10s
@@ -165,9 +169,7 @@ def test_a_poll_with_nothing_new_writes_nothing_and_diff_previews(operator, worl
 
 def test_suspend_stops_reconciling(operator, world):
     """suspend: true reports Suspended and applies nothing until it is cleared."""
-    first = push(world, {"deploy/config.yaml": configmap("settings", v="1")})
-    world.create_app()
-    applied(world, first)
+    deployed(world)
     world.patch_app({"suspend": True})
     refused(world, "Suspended")
     second = push(world, {"deploy/config.yaml": configmap("settings", v="2")})
@@ -180,9 +182,7 @@ def test_suspend_stops_reconciling(operator, world):
 
 def test_unsigned_and_force_push_are_refused_and_change_nothing(operator, world):
     """An unsigned commit is UnsignedCommit with a record; a force-push back is NonFastForward."""
-    first = push(world, {"deploy/config.yaml": configmap("settings", v="1")})
-    world.create_app()
-    applied(world, first)
+    first = deployed(world)
     second = push(world, {"deploy/config.yaml": configmap("settings", v="2")})
     wake(operator, world, second)
     applied(world, second)
@@ -204,9 +204,7 @@ def test_unsigned_and_force_push_are_refused_and_change_nothing(operator, world)
 
 def test_revert_and_rollback_to(operator, world):
     """git revert rolls back like any commit; spec.rollbackTo re-applies a recorded commit and holds there."""
-    first = push(world, {"deploy/config.yaml": configmap("settings", v="1")})
-    world.create_app()
-    applied(world, first)
+    deployed(world)
     second = push(world, {"deploy/config.yaml": configmap("settings", v="2")})
     wake(operator, world, second)
     applied(world, second)
@@ -238,9 +236,7 @@ def test_revert_and_rollback_to(operator, world):
 
 def test_an_unhealthy_revision_is_rolled_back_automatically(operator, world):
     """A Deployment that never becomes ready is rolled back to the last healthy revision: Ready=False RolledBack."""
-    healthy = push(world, {"deploy/app.yaml": deployment("web")})
-    world.create_app(healthTimeout="5s")
-    applied(world, healthy)
+    healthy = deployed(world, {"deploy/app.yaml": deployment("web")}, healthTimeout="5s")
     broken = push(
         world,
         {"deploy/app.yaml": deployment("web", pod_annotations={"gitward.dev/kwok-never-ready": "true"})},
@@ -257,9 +253,7 @@ def test_an_unhealthy_revision_is_rolled_back_automatically(operator, world):
 
 def test_a_webhook_push_reconciles_well_inside_the_poll_interval(operator, world, capsys):
     """With a one-hour interval, a signed webhook (or the request annotation) applies a new commit in seconds."""
-    first = push(world, {"deploy/config.yaml": configmap("settings", v="1")})
-    world.create_app(interval="1h")
-    applied(world, first)
+    deployed(world, interval="1h")
     second = push(world, {"deploy/config.yaml": configmap("settings", v="2")})
     assert operator.webhook(world.namespace, "web", push_payload(world, second), b"wrong") == 401
     assert operator.webhook(world.namespace, "web", push_payload(world, second), None) == 401
@@ -281,9 +275,7 @@ def test_a_restarted_operator_resumes_without_duplicates(
     kubeconfig, operator_namespace, tmp_path, world, operator
 ):
     """Killed mid-way and restarted, the operator applies the new commit once, with no duplicate record."""
-    first = push(world, {"deploy/config.yaml": configmap("settings", v="1")})
-    world.create_app()
-    applied(world, first)
+    first = deployed(world)
     operator.stop(kill=True)
     try:
         second = push(world, {"deploy/config.yaml": configmap("settings", v="2")})
@@ -305,9 +297,7 @@ def test_a_restarted_operator_resumes_without_duplicates(
 
 def test_deleting_the_app_prunes_what_it_owns(operator, world):
     """The finalizer deletes the app's objects (prune: true), as the tenant."""
-    first = push(world, {"deploy/config.yaml": configmap("settings", v="1")})
-    world.create_app()
-    applied(world, first)
+    deployed(world)
     client.CustomObjectsApi(world.admin).delete_namespaced_custom_object(
         "gitward.dev", "v1alpha1", world.namespace, "gitopsapps", "web"
     )
