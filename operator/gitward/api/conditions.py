@@ -41,7 +41,9 @@ class Reason(enum.StrEnum):
     SOURCE_NOT_ALLOWED = "SourceNotAllowed"
     BRANCH_NOT_ALLOWED = "BranchNotAllowed"
     INVALID_URL = "InvalidURL"
-    FETCH_FAILED = "FetchFailed"
+    FETCH_FAILED = "FetchFailed"  # transient: the server, the network or the credentials
+    SOURCE_TOO_LARGE = "SourceTooLarge"  # a fetch, object or tree over the tenant's budget
+    SOURCE_REJECTED = "SourceRejected"  # git's integrity checks refused what the server sent
     # Trust
     UNSIGNED_COMMIT = "UnsignedCommit"
     UNTRUSTED_SIGNER = "UntrustedSigner"
@@ -56,6 +58,7 @@ class Reason(enum.StrEnum):
     YAML_REJECTED = "YAMLRejected"
     DUPLICATE_KEY = "DuplicateKey"
     REMOTE_REF_FORBIDDEN = "RemoteRefForbidden"
+    RENDER_TOO_LARGE = "RenderTooLarge"  # documents, rendered bytes, kustomize time, memory or depth
     # Policy
     NAMESPACE_VIOLATION = "NamespaceViolation"
     FORBIDDEN_KIND = "ForbiddenKind"
@@ -70,6 +73,8 @@ class Reason(enum.StrEnum):
     ROLLED_BACK = "RolledBack"
     ROLLBACK_NOT_ALLOWED = "RollbackNotAllowed"  # rollbackTo names a commit with no successful record
     SUSPENDED = "Suspended"
+    # Anything the pipeline did not foresee: reported, never allowed to kill the app's daemon
+    RECONCILE_ERROR = "ReconcileError"
 
 
 class Status(enum.StrEnum):
