@@ -24,6 +24,9 @@ class GitwardError(Exception):
     def __init__(self, reason: Reason, message: str) -> None:
         self.reason = reason
         self.message = truncate(message)
+        # The branch head the failure is about, when it is known before a commit could be verified
+        # (a fetch over budget): the refusal is then remembered for that head and not retried.
+        self.commit = ""
         super().__init__(f"{reason}: {self.message}")
 
 

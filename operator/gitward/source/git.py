@@ -20,6 +20,17 @@ Hardening, in one place:
   message leaving this module is scrubbed of them.
 - Every call has a timeout; on expiry the whole process group (git and its
   ``git-remote-https`` or ``ssh`` children) is killed.
+- The tenant's budget (:class:`~gitward.api.budgets.Budgets`) holds before
+  bytes are read: git runs under OS limits (address space, the size of the
+  pack it may write, CPU seconds) and keeps every fetch as one pack, so a
+  fetch over budget dies in git, not in the operator; object sizes come
+  from ``cat-file --batch-check`` and ``ls-tree -l`` before any content is
+  read; and every command's output is capped while it is read, so a tree
+  that fans out into millions of paths is refused after a few megabytes.
+- Failures are classified by cause: what git's integrity checks refuse
+  (``transfer.fsckObjects``) is ``SourceRejected`` and over budget is
+  ``SourceTooLarge``, both permanent for that head; the network, the server
+  and credentials are ``FetchFailed``, retried with backoff.
 - One bare repository per app and URL, in a 0700 cache directory whose name
   is an HMAC of both under a key kept in the cache root, so it cannot be
   guessed; it is reused across reconciles, and a poll that finds the branch
@@ -43,12 +54,14 @@ from pathlib import Path
 from typing import Final
 
 from gitward import processes
+from gitward.api.budgets import Budgets, describe
 from gitward.api.conditions import Reason
 from gitward.errors import GitwardError, Stalled, Waiting
 from gitward.source import urls
 from gitward.source.allow import AllowedSource
 from gitward.source.commits import CommitObject, parse_commit
 
+_KEY_BYTES: Final = 32
 SHA_RE: Final = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 HEAD_REF: Final = "refs/gitward/head"
 _HOST_KEY_PROBLEMS: Final = (
@@ -66,6 +79,37 @@ _AUTH_PROBLEMS: Final = (
     "the requested url returned error: 403",
     "permission denied (publickey",
 )
+# What git says when its integrity checks (transfer.fsckObjects, index-pack) refuse an object.
+_INTEGRITY_PROBLEMS: Final = (
+    "fsck error",
+    "error in object",
+    "error in tree",
+    "error in commit",
+    "bad object",
+    "badobject",
+    "badtree",
+    "badparentsha1",
+    "badtreesha1",
+    "baddate",
+    "missingtree",
+    "missingauthor",
+    "missingcommitter",
+    "duplicateentries",
+    "treenotsorted",
+    "hash mismatch",
+    "corrupt",
+    "malformed",
+    "invalid object",
+    "did not send all necessary objects",
+    "pack has bad object",
+    "inflate returned",
+    "unable to parse",
+)
+# The OS limits git runs under, as git reports them from its own child (index-pack).
+_FILE_SIZE_SIGNS: Final = ("signal 25", "file size limit exceeded")
+_MEMORY_SIGNS: Final = ("out of memory", "cannot allocate memory", "mmap failed", "signal 24")
+_LS_REMOTE_OUTPUT: Final = 1024 * 1024
+_ENTRY_OVERHEAD: Final = 128  # mode, type, id and size of one ls-tree line, besides the path
 _CONFIG: Final = (
     "core.hooksPath=/dev/null",
     "core.fsmonitor=false",
@@ -84,6 +128,12 @@ _CONFIG: Final = (
     "gc.auto=0",
     "maintenance.auto=false",
     "core.logAllRefUpdates=false",
+    # Every fetch is kept as one pack file, so the OS file-size limit bounds the whole fetch.
+    "fetch.unpackLimit=1",
+    "transfer.unpackLimit=1",
+    "core.packedGitWindowSize=16m",
+    "core.packedGitLimit=128m",
+    "core.deltaBaseCacheLimit=16m",
 )
 
 
@@ -190,8 +240,16 @@ def scrub(text: str, sensitive: Sequence[str]) -> str:
 class GitRunner:
     """Runs git for one operation, with a clean environment and credentials in a throwaway home."""
 
-    def __init__(self, options: FetchOptions, credentials: Credentials | None, home: Path) -> None:
+    def __init__(
+        self,
+        options: FetchOptions,
+        credentials: Credentials | None,
+        home: Path,
+        *,
+        budgets: Budgets | None = None,
+    ) -> None:
         self.options = options
+        self.budgets = budgets or Budgets()
         self.credentials = credentials or Credentials()
         self.home = home
         self.sensitive = self.credentials.sensitive_values()
@@ -276,28 +334,98 @@ class GitRunner:
         # every piece is ours (temporary paths), never from the repository.
         return " ".join(shlex.quote(part) for part in argv)
 
-    def run(
-        self, args: Sequence[str], *, cwd: Path | None = None, what: str, stdin: bytes | None = None
-    ) -> str:
-        """Run ``git <config> <args>``; return stdout, or raise ``FetchFailed`` with a scrubbed message."""
+    @property
+    def timeout(self) -> float:
+        """Wall-clock seconds for one git command: the operator's setting, capped by the tenant's budget."""
+        return min(self.options.timeout, float(self.budgets.git_seconds))
+
+    def limits(self) -> processes.ResourceLimits:
+        """The OS limits of every git process (inherited by index-pack, git-remote-https and ssh)."""
+        return processes.ResourceLimits(
+            address_space=self.budgets.git_memory,
+            file_size=self.budgets.fetch_bytes,
+            cpu_seconds=self.budgets.git_seconds,
+        )
+
+    def argv(self, args: Sequence[str]) -> list[str]:
+        """``git -c <hardening> ... <args>``."""
         config = list(_CONFIG)
         if self.options.allow_file_transport:
             config.append("protocol.file.allow=always")
         argv = [self.options.git]
         for item in config:
             argv += ["-c", item]
-        argv += list(args)
-        code, out, err = run_bounded(argv, env=self.env, cwd=cwd, timeout=self.options.timeout, stdin=stdin)
-        if code is None:
-            raise Waiting(Reason.FETCH_FAILED, f"{what}: timed out after {self.options.timeout:g}s")
-        if code != 0:
-            raise self.failure(what, err or out)
-        return out
+        return argv + list(args)
+
+    def run_raw(
+        self,
+        args: Sequence[str],
+        *,
+        cwd: Path | None = None,
+        stdin: bytes | None = None,
+        max_output: int | None = None,
+    ) -> processes.Finished:
+        """Run git under the budget's limits and return how it ended, without judging it."""
+        return processes.run(
+            self.argv(args),
+            env=self.env,
+            cwd=cwd,
+            timeout=self.timeout,
+            stdin=stdin,
+            max_output=max_output,
+            limits=self.limits(),
+        )
+
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        cwd: Path | None = None,
+        what: str,
+        stdin: bytes | None = None,
+        max_output: int = _LS_REMOTE_OUTPUT,
+    ) -> str:
+        """Run ``git <config> <args>``; return stdout, or raise the error that names the cause."""
+        done = self.run_raw(args, cwd=cwd, stdin=stdin, max_output=max_output)
+        self.check(done, what=what)
+        return done.stdout.decode(errors="replace")
+
+    def check(self, done: processes.Finished, *, what: str) -> None:
+        """Raise the error for a git command that did not succeed."""
+        if done.timed_out:
+            raise Waiting(Reason.FETCH_FAILED, f"{what}: timed out after {self.timeout:g}s")
+        if done.over_output:
+            raise Stalled(Reason.SOURCE_TOO_LARGE, f"{what}: git's answer is larger than the budget allows")
+        budget = self.budgets
+        if done.ended is processes.Ended.FILE_SIZE_LIMIT:
+            limit = describe("fetch_bytes", budget.fetch_bytes)
+            raise Stalled(Reason.SOURCE_TOO_LARGE, f"{what}: the fetch is larger than the budget of {limit}")
+        if done.ended is processes.Ended.CPU_LIMIT:
+            raise Stalled(
+                Reason.SOURCE_TOO_LARGE,
+                f"{what}: git used more than {budget.git_seconds}s of CPU on this source",
+            )
+        if done.code != 0:
+            raise self.failure(
+                what, done.stderr.decode(errors="replace") or done.stdout.decode(errors="replace")
+            )
 
     def failure(self, what: str, stderr: str) -> GitwardError:
         """Map git's complaint onto a reason and a short message that is safe to show."""
         message = scrub(" ".join(stderr.split()), self.sensitive)
         lowered = message.lower()
+        if any(sign in lowered for sign in _FILE_SIZE_SIGNS):
+            limit = describe("fetch_bytes", self.budgets.fetch_bytes)
+            return Stalled(Reason.SOURCE_TOO_LARGE, f"{what}: the fetch is larger than the budget of {limit}")
+        if any(sign in lowered for sign in _MEMORY_SIGNS):
+            limit = describe("git_memory", self.budgets.git_memory)
+            return Stalled(
+                Reason.SOURCE_TOO_LARGE, f"{what}: git needed more than its memory budget of {limit}"
+            )
+        if any(problem in lowered for problem in _INTEGRITY_PROBLEMS):
+            return Stalled(
+                Reason.SOURCE_REJECTED, f"{what}: git's integrity checks refused the objects: {message}"
+            )
         if any(problem in lowered for problem in _HOST_KEY_PROBLEMS):
             offered = _OFFERED_HOST_KEY.search(message)
             detail = f" (the server offered {offered.group(1)})" if offered else ""
@@ -313,19 +441,6 @@ class GitRunner:
         return Waiting(Reason.FETCH_FAILED, f"{what}: {message}")
 
 
-def run_bounded(
-    argv: Sequence[str],
-    *,
-    env: Mapping[str, str],
-    cwd: Path | None,
-    timeout: float,
-    stdin: bytes | None = None,
-) -> tuple[int | None, str, str]:
-    """Run a command bounded in time; ``None`` as the code means it was killed at the limit."""
-    done = processes.run(argv, env=env, cwd=cwd, timeout=timeout, stdin=stdin)
-    return done.code, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
-
-
 @contextlib.contextmanager
 def throwaway_home() -> Iterator[Path]:
     """A private directory for one git operation's HOME and credentials, removed on every path."""
@@ -338,13 +453,19 @@ def _cache_key(root: Path) -> bytes:
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     root.chmod(0o700)
     key_file = root / ".key"
-    try:
-        return key_file.read_bytes()
-    except FileNotFoundError:
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(secrets.token_bytes(32))
-        return key_file.read_bytes()
+    key = key_file.read_bytes() if key_file.exists() else b""
+    if len(key) == _KEY_BYTES:
+        return key
+    # Written once under a temporary name and linked into place: two apps starting together
+    # both end up with the one key that won, never a half-written one or a FileExistsError.
+    candidate = root / f".key-{secrets.token_hex(8)}"
+    fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(secrets.token_bytes(_KEY_BYTES))
+    with contextlib.suppress(FileExistsError):
+        os.link(candidate, key_file)
+    candidate.unlink()
+    return key_file.read_bytes()
 
 
 def cache_dir(root: Path, *, app_uid: str, url: urls.RepoURL) -> Path:
@@ -359,6 +480,7 @@ def fetch(
     app_uid: str,
     credentials: Credentials | None,
     options: FetchOptions,
+    budgets: Budgets | None = None,
 ) -> Checkout:
     """Bring the exact head of ``refs/heads/<branch>`` into the app's cache repository.
 
@@ -376,32 +498,40 @@ def fetch(
         )
     repo = cache_dir(options.cache_root, app_uid=app_uid, url=url)
     with throwaway_home() as home:
-        runner = GitRunner(options, credentials, home)
+        runner = GitRunner(options, credentials, home, budgets=budgets)
         if not (repo / "HEAD").exists():
             repo.mkdir(mode=0o700, parents=True, exist_ok=True)
             runner.run(["init", "--quiet", "--bare", "--template=", str(repo)], what="git init")
         remote_head = ls_remote_head(runner, url, source.ref)
         if local_head(runner, repo) == remote_head:
             return Checkout(repo=repo, url=url, branch=source.branch, commit=remote_head, fetched=False)
-        runner.run(
-            [
-                "fetch",
-                "--quiet",
-                "--no-tags",
-                "--no-recurse-submodules",
-                "--no-write-fetch-head",
-                "--no-auto-gc",
-                "--",
-                url.for_git,
-                f"+{source.ref}:{HEAD_REF}",
-            ],
-            cwd=repo,
-            what=f"git fetch {url.identity} {source.ref}",
-        )
+        try:
+            _fetch_head(runner, repo, source, url)
+        except GitwardError as error:
+            error.commit = remote_head  # a refusal is about this head: not retried until it moves
+            raise
         fetched = local_head(runner, repo)
     if fetched is None:
         raise Waiting(Reason.FETCH_FAILED, f"git fetch {url.identity} {source.ref}: no commit was fetched")
     return Checkout(repo=repo, url=url, branch=source.branch, commit=fetched)
+
+
+def _fetch_head(runner: GitRunner, repo: Path, source: AllowedSource, url: urls.RepoURL) -> None:
+    runner.run(
+        [
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--no-recurse-submodules",
+            "--no-write-fetch-head",
+            "--no-auto-gc",
+            "--",
+            url.for_git,
+            f"+{source.ref}:{HEAD_REF}",
+        ],
+        cwd=repo,
+        what=f"git fetch {url.identity} {source.ref}",
+    )
 
 
 def ls_remote_head(runner: GitRunner, url: urls.RepoURL, ref: str) -> str:
@@ -431,20 +561,24 @@ def local_head(runner: GitRunner, repo: Path) -> str | None:
 class Repository:
     """Read-only questions about a fetched cache repository (ancestry, commit ranges, objects)."""
 
-    def __init__(self, path: Path, *, options: FetchOptions) -> None:
+    def __init__(self, path: Path, *, options: FetchOptions, budgets: Budgets | None = None) -> None:
         self.path = path
         self.options = options
+        self.budgets = budgets or Budgets()
         self._cache: dict[str, CommitObject] = {}
 
-    def _git(self, args: Sequence[str], *, stdin: bytes | None = None) -> tuple[int | None, bytes, str]:
+    def _run(
+        self, args: Sequence[str], *, stdin: bytes | None = None, max_output: int = _LS_REMOTE_OUTPUT
+    ) -> processes.Finished:
         with throwaway_home() as home:
-            env = GitRunner(self.options, None, home).env
-            argv = [self.options.git]
-            for item in _CONFIG:
-                argv += ["-c", item]
-            done = processes.run(
-                [*argv, *args], env=env, cwd=self.path, timeout=self.options.timeout, stdin=stdin
-            )
+            runner = GitRunner(self.options, None, home, budgets=self.budgets)
+            return runner.run_raw(args, cwd=self.path, stdin=stdin, max_output=max_output)
+
+    def _git(self, args: Sequence[str], *, stdin: bytes | None = None) -> tuple[int | None, bytes, str]:
+        done = self._run(args, stdin=stdin)
+        if done.ended is not processes.Ended.EXITED:
+            with throwaway_home() as home:
+                GitRunner(self.options, None, home, budgets=self.budgets).check(done, what=f"git {args[0]}")
         return done.code, done.stdout, done.stderr.decode(errors="replace")
 
     def has_commit(self, sha: str) -> bool:
@@ -467,19 +601,54 @@ class Repository:
         """Commits reachable from ``head`` but not from ``since``, merges and second parents included."""
         spec = [head] if since is None else [head, f"^{since}"]
         code, out, err = self._git(["rev-list", f"--max-count={limit + 1}", *spec, "--"])
+        if code is not None and code != 0 and "bad object" in err.lower():
+            raise Stalled(Reason.SOURCE_REJECTED, f"git rev-list: the history is broken: {err.strip()[:300]}")
         if code != 0:
             raise Waiting(Reason.FETCH_FAILED, f"git rev-list failed: {err.strip()[:300]}")
         return [line for line in out.decode().split() if SHA_RE.match(line)]
 
     def load(self, shas: Sequence[str]) -> None:
-        """Read many commit objects in one ``git cat-file --batch``."""
+        """Read many commit objects in one ``git cat-file --batch``, after checking their sizes."""
         wanted = [sha for sha in dict.fromkeys(shas) if sha not in self._cache]
         if not wanted:
             return
-        for sha, (kind, body) in self._batch(wanted).items():
+        sizes = self.sizes(wanted)
+        for sha, (kind, size) in sizes.items():
             if kind != "commit":
-                raise Stalled(Reason.FETCH_FAILED, f"{sha} is not a commit in the fetched repository")
+                raise Stalled(Reason.SOURCE_REJECTED, f"{sha} is a {kind}, not a commit")
+            self._check_object_size(f"commit {sha[:12]}", size)
+        for sha, (kind, body) in self._batch(wanted, expected=sum(s for _, s in sizes.values())).items():
+            if kind != "commit":
+                raise Stalled(Reason.SOURCE_REJECTED, f"{sha} is not a commit in the fetched repository")
             self._cache[sha] = parse_commit(sha, body)
+
+    def _check_object_size(self, what: str, size: int) -> None:
+        if size > self.budgets.object_bytes:
+            limit = describe("object_bytes", self.budgets.object_bytes)
+            raise Stalled(
+                Reason.SOURCE_TOO_LARGE, f"{what} is {size} bytes; the budget for one object is {limit}"
+            )
+
+    def sizes(self, oids: Sequence[str]) -> dict[str, tuple[str, int]]:
+        """Type and size of each object, from git's metadata alone (``cat-file --batch-check``)."""
+        if not oids:
+            return {}
+        done = self._run(
+            ["cat-file", "--batch-check"],
+            stdin="".join(f"{oid}\n" for oid in oids).encode(),
+            max_output=len(oids) * _ENTRY_OVERHEAD,
+        )
+        if done.code != 0:
+            raise Waiting(Reason.FETCH_FAILED, f"git cat-file --batch-check failed: {done.stderr[:300]!r}")
+        found: dict[str, tuple[str, int]] = {}
+        for oid, line in zip(oids, done.stdout.decode(errors="replace").splitlines(), strict=False):
+            fields = line.split()
+            if len(fields) != 3 or not fields[2].isdigit():  # noqa: PLR2004 - "<oid> <type> <size>"
+                raise Stalled(Reason.SOURCE_REJECTED, f"object {oid} is missing from the fetched repository")
+            found[oid] = (fields[1], int(fields[2]))
+        if len(found) != len(oids):
+            raise Stalled(Reason.SOURCE_REJECTED, "objects are missing from the fetched repository")
+        return found
 
     def commit(self, sha: str) -> CommitObject:
         """The parsed commit object."""
@@ -487,11 +656,33 @@ class Repository:
         return self._cache[sha]
 
     def tree(self, commit: str) -> list[TreeEntry]:
-        """Every entry of the commit's tree (recursively), with mode and size, without a checkout."""
-        code, out, err = self._git(["ls-tree", "-r", "-l", "-z", "--full-tree", commit])
-        if code != 0:
+        """Every entry of the commit's tree (recursively), with mode and size, without a checkout.
+
+        A tree can name one subtree many times, so a few kilobytes of objects
+        can describe billions of paths: git's answer is capped while it is
+        read, and the entries and their total size are checked against the
+        budget before any file is read.
+        """
+        budget = self.budgets
+        entries_limit = describe("tree_entries", budget.tree_entries)
+        done = self._run(
+            ["ls-tree", "-r", "-l", "-z", "--full-tree", commit],
+            max_output=budget.tree_entries * (_ENTRY_OVERHEAD + 256),
+        )
+        if done.over_output:
+            raise Stalled(
+                Reason.SOURCE_TOO_LARGE,
+                f"the tree of {commit[:12]} has more entries (or longer paths) than the budget of "
+                f"{entries_limit} entries allows",
+            )
+        if done.code != 0:
+            err = done.stderr.decode(errors="replace")
+            if any(problem in err.lower() for problem in _INTEGRITY_PROBLEMS):
+                raise Stalled(Reason.SOURCE_REJECTED, f"git ls-tree: the tree is broken: {err.strip()[:300]}")
             raise Waiting(Reason.FETCH_FAILED, f"git ls-tree failed: {err.strip()[:300]}")
+        out = done.stdout
         entries = []
+        total = 0
         for record in out.split(b"\0"):
             if not record:
                 continue
@@ -506,19 +697,41 @@ class Repository:
                     size=int(size) if size != b"-" else 0,
                 )
             )
+            total += entries[-1].size
+        if len(entries) > budget.tree_entries:
+            raise Stalled(
+                Reason.SOURCE_TOO_LARGE,
+                f"the tree of {commit[:12]} has {len(entries)} entries; the budget is {entries_limit}",
+            )
+        if total > budget.tree_bytes:
+            raise Stalled(
+                Reason.SOURCE_TOO_LARGE,
+                f"the files of {commit[:12]} add up to {total} bytes; the budget is "
+                f"{describe('tree_bytes', budget.tree_bytes)}",
+            )
         return entries
 
     def blobs(self, oids: Sequence[str]) -> dict[str, bytes]:
-        """Read blobs in one ``git cat-file --batch``."""
-        return {oid: body for oid, (_, body) in self._batch(list(dict.fromkeys(oids))).items()}
+        """Read blobs in one ``git cat-file --batch``, after checking their sizes."""
+        wanted = list(dict.fromkeys(oids))
+        sizes = self.sizes(wanted)
+        for oid, (_, size) in sizes.items():
+            self._check_object_size(f"blob {oid[:12]}", size)
+        expected = sum(size for _, size in sizes.values())
+        return {oid: body for oid, (_, body) in self._batch(wanted, expected=expected).items()}
 
-    def _batch(self, oids: Sequence[str]) -> dict[str, tuple[str, bytes]]:
-        """Objects by id, with their type, from one ``git cat-file --batch``."""
+    def _batch(self, oids: Sequence[str], *, expected: int) -> dict[str, tuple[str, bytes]]:
+        """Objects by id, with their type, from one ``git cat-file --batch`` of ``expected`` content bytes."""
         if not oids:
             return {}
-        code, out, err = self._git(
-            ["cat-file", "--batch"], stdin="".join(f"{oid}\n" for oid in oids).encode()
+        done = self._run(
+            ["cat-file", "--batch"],
+            stdin="".join(f"{oid}\n" for oid in oids).encode(),
+            max_output=expected + len(oids) * _ENTRY_OVERHEAD,
         )
+        if done.over_output:
+            raise Stalled(Reason.SOURCE_REJECTED, "git returned more bytes than the objects' sizes announced")
+        code, out, err = done.code, done.stdout, done.stderr.decode(errors="replace")
         if code != 0:
             raise Waiting(Reason.FETCH_FAILED, f"git cat-file failed: {err.strip()[:300]}")
         found: dict[str, tuple[str, bytes]] = {}
@@ -527,7 +740,7 @@ class Repository:
             header_end = out.index(b"\n", position)
             fields = out[position:header_end].split()
             if len(fields) != 3:  # noqa: PLR2004 - "<oid> <type> <size>"; "<oid> missing" otherwise
-                raise Stalled(Reason.FETCH_FAILED, f"object {oid} is missing from the fetched repository")
+                raise Stalled(Reason.SOURCE_REJECTED, f"object {oid} is missing from the fetched repository")
             size = int(fields[2])
             found[oid] = (fields[1].decode(), out[header_end + 1 : header_end + 1 + size])
             position = header_end + 1 + size + 1
