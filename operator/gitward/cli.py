@@ -19,7 +19,7 @@ import yaml
 
 import gitward
 from gitward import logs, reconcile
-from gitward.api import conditions, resources
+from gitward.api import budgets, conditions, resources
 from gitward.api.conditions import Reason
 from gitward.api.resources import Namespace, parse_tenant_spec
 from gitward.apply.inventory import owner_of
@@ -285,6 +285,9 @@ def _run(args: argparse.Namespace) -> int:
         webhook_port=args.webhook_port,
         kustomize=tuple(args.kustomize.split()),
         service_account=args.service_account,
+        ceilings=budgets.parse_ceilings(args.budget_ceiling),
+        reconcile_workers=args.reconcile_workers,
+        tenant_concurrency=args.tenant_concurrency,
     )
     kopf.run(
         clusterwide=True,
@@ -346,6 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--operator-namespace", default="gitward-system")
     diff.add_argument("--kustomize", default="kubectl kustomize")
     diff.set_defaults(func=_diff)
+    _add_run_parser(commands)
+    return parser
+
+
+def _add_run_parser(commands: Any) -> None:  # noqa: ANN401 - argparse's private subparsers type
+    """``gitward run``: the operator's own settings, which no resource can change."""
     run = commands.add_parser("run", help="run the operator")
     run.add_argument("--kubeconfig", default=None)
     run.add_argument(
@@ -363,10 +372,25 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="NAMESPACE/NAME of the operator's ServiceAccount, bound to the fence in each tenant namespace",
     )
+    run.add_argument(
+        "--budget-ceiling",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="the most any tenant's spec.limits.NAME may be (e.g. fetchBytes=1Gi); repeatable",
+    )
+    run.add_argument(
+        "--reconcile-workers", type=int, default=16, help="threads for git, render and apply work, shared"
+    )
+    run.add_argument(
+        "--tenant-concurrency",
+        type=int,
+        default=4,
+        help="reconciles one tenant may run at once, so one tenant cannot take every worker",
+    )
     run.add_argument("--verbose", action="store_true", help="log every kopf step")
     run.add_argument("--log-json", action="store_true", help="kopf's own logs as JSON too")
     run.set_defaults(func=_run)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gitward.api.budgets import DEFAULT_CEILINGS, Budgets
 from gitward.api.conditions import (
     STEP_CONDITIONS,
     Condition,
@@ -38,6 +40,8 @@ from gitward.render.load import DEFAULT_KUSTOMIZE
 from gitward.source import git
 from gitward.tenants.resolve import Reader, ResolvedApp, resolve
 from gitward.trust.verify import TrustSettings, VerifiedSource, verify
+
+_LOG = logging.getLogger(__name__)
 
 
 class Action(enum.StrEnum):
@@ -81,6 +85,7 @@ class Services:
         None  # the operator's own ServiceAccount, when it runs as one
     )
     now: Callable[[], str] = field(default=lambda: dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    ceilings: Budgets = DEFAULT_CEILINGS  # what no tenant's spec.limits may exceed
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,62 +206,102 @@ def conditions_from(status: Mapping[str, Any], updates: Sequence[Condition]) -> 
     return [by_type[t] for t in STEP_CONDITIONS if t in by_type]
 
 
+@dataclass(slots=True)
+class _Seen:
+    """What a reconcile learned before it failed: the errors are reported about it."""
+
+    resolved: ResolvedApp | None = None
+    head: str = ""
+
+
 def reconcile_app(
     app: Mapping[str, Any], services: Services, *, trigger: Trigger = Trigger.POLL, force: bool = False
 ) -> Outcome:
-    """Reconcile one GitOpsApp: decide, deploy or roll back, record, and write status once."""
+    """Reconcile one GitOpsApp: decide, deploy or roll back, record, and write status once.
+
+    Every failure ends here as a condition with a reason: typed errors by
+    their kind, and anything unforeseen as ``ReconcileError``, so no input
+    can kill the app's daemon.
+    """
     run = _AppRun(app, services, trigger)
-    spec = app.get("spec") or {}
-    if spec.get("suspend"):
-        if (
-            _ready_reason(run.status) != Reason.SUSPENDED
-            or run.status.get("observedGeneration") != run.generation
-        ):
-            suspended = "reconciliation is suspended (spec.suspend)"
-            run.write_status(
-                [Condition(ConditionType.READY, Status.FALSE, Reason.SUSPENDED, suspended, run.generation)]
-            )
-        return Outcome(Action.SKIP, Reason.SUSPENDED, ready=False)
-    resolved: ResolvedApp | None = None
-    head = ""
+    if (app.get("spec") or {}).get("suspend"):
+        return _suspended(run)
+    seen = _Seen()
     try:
-        resolved = resolve(
-            app, reader=services.reader, allow_file=services.fetch_options.allow_file_transport
-        )
-        checkout = git.fetch(
-            resolved.source,
-            app_uid=resolved.uid,
-            credentials=resolved.credentials,
-            options=services.fetch_options,
-        )
-        head = checkout.commit
-        action = decide(
-            run.status,
-            generation=run.generation,
-            head=head,
-            rollback_to=resolved.spec.rollback_to,
-            force=force,
-        )
-        if action in (Action.SKIP, Action.HOLD):
-            return Outcome(
-                action,
-                _ready_reason(run.status) or Reason.SUCCEEDED,
-                ready=_is_ready(run.status),
-                commit=head,
-            )
-        if action is Action.ROLLBACK:
-            return _rollback(run, resolved, checkout)
-        return _deploy_head(run, resolved, checkout)
+        return _reconcile(run, seen, force=force)
     except Waiting as error:
         run.write_status(_conditions_for_failure(error.reason, error.message, run.generation))
-        return Outcome(Action.DEPLOY, error.reason, ready=False, retry_after=error.retry_after, commit=head)
+        return Outcome(
+            Action.DEPLOY, error.reason, ready=False, retry_after=error.retry_after, commit=seen.head
+        )
     except Stalled as error:
-        # Refused before a commit could be verified: no record (there is no commit to record).
+        head = seen.head or error.commit
+        if seen.resolved is not None and head:
+            # Refused for what the head is (over budget, broken objects): recorded once, and
+            # not fetched again until the branch moves or the spec changes.
+            return _refused(run, seen.resolved, head, error)
         run.write_status(
             _conditions_for_failure(error.reason, error.message, run.generation),
             lastAttemptedRevision=head or None,
         )
         return Outcome(Action.DEPLOY, error.reason, ready=False, commit=head)
+    except Exception as error:  # noqa: BLE001 - no input may kill the app's daemon; the cause is logged
+        _LOG.exception("unexpected error reconciling %s/%s", run.namespace, run.name)
+        at = f" {seen.head[:12]}" if seen.head else ""
+        message = f"unexpected {type(error).__name__} while reconciling{at}; the operator log has the details"
+        run.write_status(_conditions_for_failure(Reason.RECONCILE_ERROR, message, run.generation))
+        return Outcome(Action.DEPLOY, Reason.RECONCILE_ERROR, ready=False, retry_after=30, commit=seen.head)
+
+
+def _suspended(run: _AppRun) -> Outcome:
+    if (
+        _ready_reason(run.status) != Reason.SUSPENDED
+        or run.status.get("observedGeneration") != run.generation
+    ):
+        suspended = "reconciliation is suspended (spec.suspend)"
+        run.write_status(
+            [Condition(ConditionType.READY, Status.FALSE, Reason.SUSPENDED, suspended, run.generation)]
+        )
+    return Outcome(Action.SKIP, Reason.SUSPENDED, ready=False)
+
+
+def _reconcile(run: _AppRun, seen: _Seen, *, force: bool) -> Outcome:
+    """Resolve, look at the branch head, decide; fetch and deploy or roll back only when needed."""
+    services = run.services
+    seen.resolved = resolved = resolve(
+        run.app,
+        reader=services.reader,
+        allow_file=services.fetch_options.allow_file_transport,
+        ceilings=services.ceilings,
+    )
+    seen.head = git.remote_head(
+        resolved.source,
+        credentials=resolved.credentials,
+        options=services.fetch_options,
+        budgets=resolved.budgets,
+    )
+    action = decide(
+        run.status,
+        generation=run.generation,
+        head=seen.head,
+        rollback_to=resolved.spec.rollback_to,
+        force=force,
+    )
+    if action in (Action.SKIP, Action.HOLD):
+        reason = _ready_reason(run.status) or Reason.SUCCEEDED
+        return Outcome(action, reason, ready=_is_ready(run.status), commit=seen.head)
+    checkout = git.fetch(
+        resolved.source,
+        app_uid=resolved.uid,
+        credentials=resolved.credentials,
+        options=services.fetch_options,
+        budgets=resolved.budgets,
+        head=seen.head,
+    )
+    seen.head = checkout.commit
+    if action is Action.ROLLBACK:
+        return _rollback(run, resolved, checkout)
+    return _deploy_head(run, resolved, checkout)
 
 
 def _ready_reason(status: Mapping[str, Any]) -> Reason | None:
@@ -279,7 +324,7 @@ def _inventory(status: Mapping[str, Any]) -> list[ObjectRef]:
 
 def _deploy_head(run: _AppRun, resolved: ResolvedApp, checkout: git.Checkout) -> Outcome:
     head = checkout.commit
-    repo = git.Repository(checkout.repo, options=run.services.fetch_options)
+    repo = git.Repository(checkout.repo, options=run.services.fetch_options, budgets=resolved.budgets)
     last_applied = run.status.get("lastAppliedRevision") or None
     try:
         verified = verify(
@@ -295,7 +340,7 @@ def _deploy_head(run: _AppRun, resolved: ResolvedApp, checkout: git.Checkout) ->
 def _rollback(run: _AppRun, resolved: ResolvedApp, checkout: git.Checkout) -> Outcome:
     target = resolved.spec.rollback_to
     head = checkout.commit
-    repo = git.Repository(checkout.repo, options=run.services.fetch_options)
+    repo = git.Repository(checkout.repo, options=run.services.fetch_options, budgets=resolved.budgets)
     try:
         _check_rollback_target(run, repo, target)
         # Re-verified as if it were the head, against the keys trusted now; no fast-forward
@@ -429,7 +474,9 @@ def _unhealthy(
             inventory=inventory,
         )
         return Outcome(Action.DEPLOY, failure.reason, ready=False, commit=failed)
-    repo = git.Repository(verified.checkout.repo, options=run.services.fetch_options)
+    repo = git.Repository(
+        verified.checkout.repo, options=run.services.fetch_options, budgets=resolved.budgets
+    )
     try:
         good = verify(
             replace(verified.checkout, commit=healthy),

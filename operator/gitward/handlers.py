@@ -8,24 +8,36 @@ is not retried in a hot loop: the next poll finds the same head and skips.
 A transient failure (a flaky git server) is retried with exponential backoff
 up to the interval. The pipeline is synchronous and runs in a worker
 thread, so the event loop stays free for watches and webhooks.
+
+The operator owns its threads: reconciles run in one named pool
+(``--reconcile-workers``), and each tenant may hold at most
+``--tenant-concurrency`` of them at once, so one tenant's slow git server or
+hostile repository waits for its own slots and never takes another
+tenant's; the webhook's lookups have a small pool of their own; asyncio's
+default pool (used by kopf for synchronous handlers) is sized and named
+here too rather than left to the library default. Nothing a reconcile
+raises can end its daemon: it becomes a condition and a backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
+import functools
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 from aiohttp import web
 
 from gitward import controller, logs, metrics, webhook
-from gitward.api import resources
+from gitward.api import budgets, resources
 from gitward.api.conditions import ConditionType, Reason
 from gitward.api.resources import Trigger, parse_duration
 from gitward.errors import GitwardError, Stalled, Waiting
@@ -39,6 +51,8 @@ FINALIZER = "gitward.dev/finalizer"
 REQUEST_ANNOTATION = "gitward.dev/reconcile-requested-at"
 GROUP, VERSION, PLURAL = resources.GROUP, resources.VERSION, resources.APP.plural
 MAX_BACKOFF_STEPS = 6
+_T = TypeVar("_T")
+_LOG = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,6 +68,46 @@ class Config:
     webhook_port: int = 9090
     kustomize: tuple[str, ...] = ("kubectl", "kustomize")
     service_account: str = ""  # "namespace/name" of the operator's own ServiceAccount, if it runs as one
+    ceilings: budgets.Budgets = budgets.DEFAULT_CEILINGS
+    reconcile_workers: int = 16
+    tenant_concurrency: int = 4
+    webhook_workers: int = 2
+    default_workers: int = 4
+
+
+class Pools:
+    """The operator's own threads: one pool for reconciles, shared fairly between tenants."""
+
+    def __init__(self, config: Config) -> None:
+        self.reconcile = concurrent.futures.ThreadPoolExecutor(
+            max_workers=config.reconcile_workers, thread_name_prefix="gitward-reconcile"
+        )
+        self.webhook = concurrent.futures.ThreadPoolExecutor(
+            max_workers=config.webhook_workers, thread_name_prefix="gitward-webhook"
+        )
+        self.tenant_concurrency = max(1, config.tenant_concurrency)
+        self._tenants: dict[str, asyncio.Semaphore] = {}
+
+    def tenant(self, name: str) -> asyncio.Semaphore:
+        """The slots one tenant's reconciles share."""
+        slots = self._tenants.get(name)
+        if slots is None:
+            slots = self._tenants[name] = asyncio.Semaphore(self.tenant_concurrency)
+        return slots
+
+    async def run(self, tenant: str, call: Callable[[], _T]) -> _T:
+        """Run ``call`` in the reconcile pool within ``tenant``'s slots."""
+        async with self.tenant(tenant):
+            return await asyncio.get_running_loop().run_in_executor(self.reconcile, call)
+
+    async def lookup(self, call: Callable[[], _T]) -> _T:
+        """Run a webhook lookup in its own small pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.webhook, call)
+
+    def shutdown(self) -> None:
+        """Stop taking work; running calls finish in their threads."""
+        self.reconcile.shutdown(wait=False, cancel_futures=True)
+        self.webhook.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass
@@ -103,6 +157,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
     settings.posting.level = logging.WARNING
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(
+            max_workers=config.default_workers, thread_name_prefix="gitward-kopf"
+        )
+    )
+    pools = memo.pools = Pools(config)
     configuration = clients.load_configuration(config.kubeconfig)
     operator = Objects(clients.api_client(configuration))
 
@@ -121,10 +181,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         operator_account=clients.ServiceAccountRef(*config.service_account.split("/", 1))
         if config.service_account
         else None,
+        ceilings=config.ceilings,
     )
 
     async def secret_for(namespace: str, name: str) -> bytes | None:
-        return await asyncio.to_thread(_webhook_secret, operator, namespace, name)
+        return await pools.lookup(functools.partial(_webhook_secret, operator, namespace, name))
 
     app = webhook.make_app(secret_for=secret_for, wake=lambda ns, n: wake(memo, ns, n, Trigger.WEBHOOK))
     runner = web.AppRunner(app, access_log=None)
@@ -139,6 +200,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     runner = getattr(memo, "webhook_runner", None)
     if runner is not None:
         await runner.cleanup()
+    pools = getattr(memo, "pools", None)
+    if pools is not None:
+        pools.shutdown()
 
 
 def _webhook_secret(operator: Objects, namespace: str, name: str) -> bytes | None:
@@ -172,26 +236,37 @@ async def run_app(
     namespace = namespace or ""
     pending = _wakeup(memo, namespace, name)
     services: controller.Services = memo.services
+    pools: Pools = memo.pools
     ref = ObjectRef(GROUP, VERSION, resources.APP.kind, namespace, name)
     failures = 0
     trigger, force = Trigger.POLL, False
     log = logs.audit().bind(app=f"{namespace}/{name}")
     try:
         while not stopped:
-            body = await asyncio.to_thread(services.operator.get, ref)
-            if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
-                return
             started = time.perf_counter()
+            body: dict[str, Any] | None = None
             try:
-                outcome = await asyncio.to_thread(
+                body = await pools.run(namespace, functools.partial(services.operator.get, ref))
+                if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+                    return
+                tenant = str((body.get("spec") or {}).get("tenant") or "")
+                call = functools.partial(
                     controller.reconcile_app, body, services, trigger=trigger, force=force
                 )
+                outcome = await pools.run(f"tenant:{tenant}", call)
             except (GitwardError, APIError) as error:  # status could not be written: retry with backoff
                 log.warning("reconcile error", error=str(error))
                 reason = error.reason if isinstance(error, GitwardError) else Reason.APPLY_FORBIDDEN
                 outcome = controller.Outcome(controller.Action.DEPLOY, reason, ready=False, retry_after=15)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - the daemon outlives anything a reconcile raises
+                _LOG.exception("reconcile of %s/%s failed", namespace, name)
+                log.warning("reconcile error", error=type(error).__name__)
+                reason = Reason.RECONCILE_ERROR
+                outcome = controller.Outcome(controller.Action.DEPLOY, reason, ready=False, retry_after=30)
             _observe(namespace, name, outcome, time.perf_counter() - started)
-            interval = _interval(body)
+            interval = _interval(body) if body else 60.0
             if outcome.retry_after is not None:
                 failures += 1
                 delay = min(interval, outcome.retry_after * 2 ** min(failures - 1, MAX_BACKOFF_STEPS))

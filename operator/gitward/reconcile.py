@@ -47,9 +47,13 @@ def verified_source(
     """Resolve the tenant policy, fetch the allowed branch, verify its new commits."""
     resolved = resolve(app, reader=reader, allow_file=fetch_options.allow_file_transport)
     checkout = git.fetch(
-        resolved.source, app_uid=resolved.uid, credentials=resolved.credentials, options=fetch_options
+        resolved.source,
+        app_uid=resolved.uid,
+        credentials=resolved.credentials,
+        options=fetch_options,
+        budgets=resolved.budgets,
     )
-    repo = git.Repository(checkout.repo, options=fetch_options)
+    repo = git.Repository(checkout.repo, options=fetch_options, budgets=resolved.budgets)
     verified = verify(checkout, repo, last_applied=last_applied, settings=resolved.trust, keys=resolved.keys)
     return resolved, verified
 
@@ -78,9 +82,13 @@ def deploy(
     operator_account: ServiceAccountRef | None = None,
 ) -> Deployed:
     """Render, check, fence, dry-run, apply and wait; raise at the first step that refuses."""
-    repo = git.Repository(verified.checkout.repo, options=fetch_options)
+    repo = git.Repository(verified.checkout.repo, options=fetch_options, budgets=resolved.budgets)
     rendered = load(
-        repo, verified.commit, resolved.spec.source.path, limits=limits, kustomize_command=kustomize_command
+        repo,
+        verified.commit,
+        resolved.spec.source.path,
+        limits=limits or Limits.from_budgets(resolved.budgets),
+        kustomize_command=kustomize_command,
     )
     namespace = resolved.source.target_namespace
     placed = check(rendered.manifests, tenant=resolved.tenant, namespace=namespace)

@@ -168,14 +168,14 @@ def test_a_symlinked_source_path_that_escapes_is_refused(work):
 
 
 def test_size_file_count_and_document_limits(work):
-    """Too many bytes, files or documents are each ManifestTooLarge, naming the file."""
+    """Too many bytes or files are ManifestTooLarge and too many documents RenderTooLarge, naming the file."""
     work.commit({f"deploy/{i}.yaml": CONFIGMAP.format(name=f"cm{i}") for i in range(5)})
     assert refused(work, max_files=4).reason is Reason.MANIFEST_TOO_LARGE
     assert refused(work, max_total_bytes=200).reason is Reason.MANIFEST_TOO_LARGE
     big = refused(work, max_file_bytes=50)
     assert big.reason is Reason.MANIFEST_TOO_LARGE
     assert "deploy/" in big.message
-    assert refused(work, max_documents=4).reason is Reason.MANIFEST_TOO_LARGE
+    assert refused(work, max_documents=4).reason is Reason.RENDER_TOO_LARGE
 
 
 BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(

@@ -129,6 +129,7 @@ class TenantSpec:
     network_policy: NetworkIsolation = NetworkIsolation.DEFAULT_DENY
     resource_quota: Mapping[str, Any] = field(default_factory=dict)
     limit_range: Mapping[str, Any] = field(default_factory=dict)
+    limits: Mapping[str, Any] = field(default_factory=dict)  # budgets: see gitward.api.budgets
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +244,7 @@ def parse_tenant_spec(spec: Mapping[str, Any]) -> TenantSpec:
         ),
         resource_quota=_mapping(isolation.get("resourceQuota"), "spec.isolation.resourceQuota"),
         limit_range=_mapping(isolation.get("limitRange"), "spec.isolation.limitRange"),
+        limits=_mapping(spec.get("limits"), "spec.limits"),
     )
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gitward.api.budgets import Budgets
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -26,7 +28,23 @@ class Limits:
     max_aliases: int = 64
     max_nodes_per_document: int = 200_000
     max_symlink_hops: int = 8
-    max_kustomizations: int = 256  # kustomization builds, counting every path to a base (diamonds count twice)
+    max_kustomizations: int = 256  # builds, counting every path to a base
     max_kustomize_depth: int = 16  # how deep kustomizations may include each other
     kustomize_timeout: float = 60.0  # CPU seconds and wall seconds of one kustomize build
     kustomize_memory_bytes: int = 1024 * 1024 * 1024  # address space of the kustomize process
+
+    @classmethod
+    def from_budgets(cls, budgets: Budgets) -> Limits:
+        """The render limits of a tenant's budgets."""
+        return cls(
+            max_total_bytes=budgets.source_bytes,
+            max_file_bytes=budgets.file_bytes,
+            max_files=budgets.files,
+            max_documents=budgets.documents,
+            max_rendered_bytes=budgets.rendered_bytes,
+            max_depth=budgets.yaml_depth,
+            max_kustomizations=budgets.kustomizations,
+            max_kustomize_depth=budgets.kustomize_depth,
+            kustomize_timeout=float(budgets.render_seconds),
+            kustomize_memory_bytes=budgets.render_memory,
+        )

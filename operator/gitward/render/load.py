@@ -23,6 +23,7 @@ from gitward.source.git import Repository, TreeEntry
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 DEFAULT_KUSTOMIZE = ("kubectl", "kustomize")
+MAX_SYMLINK_TARGET = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +78,7 @@ def parse_files(files: Sequence[tuple[str, bytes]], *, limits: Limits) -> list[M
             documents += 1
             if documents > limits.max_documents:
                 raise Stalled(
-                    Reason.MANIFEST_TOO_LARGE, f"{name}#{index}: more than {limits.max_documents} documents"
+                    Reason.RENDER_TOO_LARGE, f"{name}#{index}: more than {limits.max_documents} documents"
                 )
             manifests.extend(_objects(value, file=name, index=index))
     return manifests
@@ -96,6 +97,12 @@ def load(
     root = normalize(path, what="source.path")
     tree = Tree(repo.tree(commit), limits=limits)
     links = [e for e in tree.entries.values() if e.is_symlink]
+    for link in links:
+        if link.size > MAX_SYMLINK_TARGET:  # a path longer than PATH_MAX cannot name anything in the tree
+            raise Stalled(
+                Reason.SYMLINK_OUT_OF_BOUNDS,
+                f"{link.path} is a symlink to a {link.size}-byte path; at most {MAX_SYMLINK_TARGET}",
+            )
     link_targets = repo.blobs([e.oid for e in links])
     blob_cache: dict[str, bytes] = dict(link_targets)
 

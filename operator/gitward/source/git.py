@@ -474,20 +474,7 @@ def cache_dir(root: Path, *, app_uid: str, url: urls.RepoURL) -> Path:
     return root / digest[:40]
 
 
-def fetch(
-    source: AllowedSource,
-    *,
-    app_uid: str,
-    credentials: Credentials | None,
-    options: FetchOptions,
-    budgets: Budgets | None = None,
-) -> Checkout:
-    """Bring the exact head of ``refs/heads/<branch>`` into the app's cache repository.
-
-    Only that one ref is ever asked for: not a tag of the same name, not
-    ``HEAD``, not an expression. A poll that finds the head unchanged and
-    already present returns after one ``ls-remote``.
-    """
+def _check_transport(source: AllowedSource, credentials: Credentials | None, options: FetchOptions) -> None:
     url = source.url
     if url.scheme is urls.Scheme.FILE and not options.allow_file_transport:
         raise Stalled(Reason.INVALID_URL, "file:// URLs are not allowed")
@@ -496,19 +483,56 @@ def fetch(
             Reason.FETCH_FAILED,
             "an SSH source needs known_hosts in its secret: the server's host key must be pinned",
         )
+
+
+def remote_head(
+    source: AllowedSource,
+    *,
+    credentials: Credentials | None,
+    options: FetchOptions,
+    budgets: Budgets | None = None,
+) -> str:
+    """The commit ``refs/heads/<branch>`` points at on the server: one ``ls-remote``, nothing fetched.
+
+    Deciding on the head before fetching means a head that was refused (over
+    budget, broken objects) is never downloaded again until the branch moves.
+    """
+    _check_transport(source, credentials, options)
+    with throwaway_home() as home:
+        return ls_remote_head(GitRunner(options, credentials, home, budgets=budgets), source.url, source.ref)
+
+
+def fetch(
+    source: AllowedSource,
+    *,
+    app_uid: str,
+    credentials: Credentials | None,
+    options: FetchOptions,
+    budgets: Budgets | None = None,
+    head: str | None = None,
+) -> Checkout:
+    """Bring the exact head of ``refs/heads/<branch>`` into the app's cache repository.
+
+    Only that one ref is ever asked for: not a tag of the same name, not
+    ``HEAD``, not an expression. A poll that finds the head unchanged and
+    already present returns after one ``ls-remote`` (none, when the caller
+    passes the ``head`` it just saw with :func:`remote_head`).
+    """
+    _check_transport(source, credentials, options)
+    url = source.url
     repo = cache_dir(options.cache_root, app_uid=app_uid, url=url)
     with throwaway_home() as home:
         runner = GitRunner(options, credentials, home, budgets=budgets)
         if not (repo / "HEAD").exists():
             repo.mkdir(mode=0o700, parents=True, exist_ok=True)
             runner.run(["init", "--quiet", "--bare", "--template=", str(repo)], what="git init")
-        remote_head = ls_remote_head(runner, url, source.ref)
-        if local_head(runner, repo) == remote_head:
-            return Checkout(repo=repo, url=url, branch=source.branch, commit=remote_head, fetched=False)
+        wanted = head or ls_remote_head(runner, url, source.ref)
+        if local_head(runner, repo) == wanted:
+            return Checkout(repo=repo, url=url, branch=source.branch, commit=wanted, fetched=False)
         try:
             _fetch_head(runner, repo, source, url)
         except GitwardError as error:
-            error.commit = remote_head  # a refusal is about this head: not retried until it moves
+            error.commit = wanted  # a refusal is about this head: not retried until it moves
             raise
         fetched = local_head(runner, repo)
     if fetched is None:

@@ -9,9 +9,11 @@ returned :class:`ResolvedApp`, never from the raw resources.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gitward.api import budgets as budgets_module
+from gitward.api.budgets import Budgets
 from gitward.api.conditions import Reason
 from gitward.api.resources import AppSpec, InvalidResourceError, TenantSpec, parse_app_spec, parse_tenant_spec
 from gitward.errors import Stalled
@@ -51,9 +53,16 @@ class ResolvedApp:
     keys: TrustedKeys
     trust: TrustSettings
     credentials: Credentials | None
+    budgets: Budgets = field(default_factory=Budgets)
 
 
-def resolve(app: Mapping[str, Any], *, reader: Reader, allow_file: bool = False) -> ResolvedApp:
+def resolve(
+    app: Mapping[str, Any],
+    *,
+    reader: Reader,
+    allow_file: bool = False,
+    ceilings: Budgets = budgets_module.DEFAULT_CEILINGS,
+) -> ResolvedApp:
     """Resolve a ``GitOpsApp`` body; raise ``Stalled`` with the reason that stops it."""
     metadata = app.get("metadata") or {}
     namespace = str(metadata.get("namespace", ""))
@@ -66,6 +75,7 @@ def resolve(app: Mapping[str, Any], *, reader: Reader, allow_file: bool = False)
     tenant_body = reader.tenant(spec.tenant)
     try:
         tenant = parse_tenant_spec(tenant_body.get("spec") or {})
+        budgets = budgets_module.from_spec(tenant.limits, ceilings=ceilings)
     except InvalidResourceError as error:
         raise Stalled(
             Reason.TENANT_NOT_FOUND, f"GitOpsTenant {spec.tenant!r} is malformed: {error}"
@@ -88,4 +98,5 @@ def resolve(app: Mapping[str, Any], *, reader: Reader, allow_file: bool = False)
         keys=keys,
         trust=TrustSettings(verify=tenant.verify, require_fast_forward=tenant.require_fast_forward),
         credentials=credentials,
+        budgets=budgets,
     )

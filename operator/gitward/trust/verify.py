@@ -26,8 +26,6 @@ from gitward.trust.gpg import OpenPGPVerifier
 from gitward.trust.keys import TrustedKeys
 from gitward.trust.ssh import SSHVerifier
 
-MAX_COMMITS_PER_VERIFY = 5000
-
 
 @dataclass(frozen=True, slots=True)
 class TrustSettings:
@@ -59,8 +57,8 @@ def commits_to_verify(
     commits = repo.commits_between(since, head, limit=limit)
     if len(commits) > limit:
         raise Stalled(
-            Reason.UNSIGNED_COMMIT,
-            f"more than {limit} new commits since {last_applied[:12]}: too many to verify in one apply",
+            Reason.SOURCE_TOO_LARGE,
+            f"more than {limit} new commits since {last_applied[:12]}: over the budget for one apply",
         )
     return list(reversed(commits)) or [head]
 
@@ -73,7 +71,7 @@ def verify(
     settings: TrustSettings,
     keys: TrustedKeys,
     now: dt.datetime | None = None,
-    limit: int = MAX_COMMITS_PER_VERIFY,
+    limit: int | None = None,
 ) -> VerifiedSource:
     """Check ancestry and signatures of ``checkout.commit``; return it verified or raise ``Stalled``."""
     head = checkout.commit
@@ -86,7 +84,7 @@ def verify(
             Reason.UNTRUSTED_SIGNER, "the tenant trusts no key: add keys to its trust.keysFrom ConfigMaps"
         )
     to_check = commits_to_verify(
-        repo, head=head, last_applied=last_applied, mode=settings.verify, limit=limit
+        repo, head=head, last_applied=last_applied, mode=settings.verify, limit=limit or repo.budgets.commits
     )
     repo.load(to_check)
     signers: dict[str, Signer] = {}
