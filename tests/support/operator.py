@@ -202,6 +202,11 @@ class World:
         body = self.objects.get(ObjectRef("", "v1", "ConfigMap", self.namespace, name))
         return None if body is None else dict(body.get("data") or {})
 
+    def patch_tenant(self, spec: dict[str, Any]) -> None:
+        client.CustomObjectsApi(self.admin).patch_cluster_custom_object(
+            resources.GROUP, resources.VERSION, "gitopstenants", self.tenant, {"spec": spec}
+        )
+
     def cleanup(self) -> None:
         custom = client.CustomObjectsApi(self.admin)
         for call in (

@@ -1,8 +1,9 @@
 """Reading what the pipeline needs from the API: tenants, trusted-key ConfigMaps, git Secrets.
 
 Errors from the client are mapped onto gitward's own: a missing object is a
-specific condition reason, anything else is retried later. Secret values
-never enter an error message.
+specific condition reason, anything else (an error answer, or no answer at
+all: a transport error from urllib3) is retried later. Secret values never
+enter an error message.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client import ApiException
+from urllib3.exceptions import HTTPError
 
 from gitward.api import resources
 from gitward.api.conditions import Reason
@@ -40,6 +42,10 @@ class KubeReader:
             raise Waiting(
                 Reason.TENANT_NOT_FOUND, f"reading GitOpsTenant {name!r}: HTTP {error.status}"
             ) from None
+        except (HTTPError, OSError) as error:
+            raise Waiting(
+                Reason.TENANT_NOT_FOUND, f"reading GitOpsTenant {name!r}: {type(error).__name__}"
+            ) from None
         if not isinstance(body, Mapping):
             raise Waiting(Reason.TENANT_NOT_FOUND, f"reading GitOpsTenant {name!r}: unexpected response")
         return body
@@ -57,6 +63,10 @@ class KubeReader:
             raise Waiting(
                 Reason.UNTRUSTED_SIGNER, f"reading ConfigMap {name!r}: HTTP {error.status}"
             ) from None
+        except (HTTPError, OSError) as error:
+            raise Waiting(
+                Reason.UNTRUSTED_SIGNER, f"reading ConfigMap {name!r}: {type(error).__name__}"
+            ) from None
         data: Mapping[str, str] = config_map.data or {}
         return data
 
@@ -71,5 +81,9 @@ class KubeReader:
                 ) from None
             raise Waiting(
                 Reason.FETCH_FAILED, f"reading Secret {namespace}/{name}: HTTP {error.status}"
+            ) from None
+        except (HTTPError, OSError) as error:
+            raise Waiting(
+                Reason.FETCH_FAILED, f"reading Secret {namespace}/{name}: {type(error).__name__}"
             ) from None
         return {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}

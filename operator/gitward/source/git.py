@@ -541,21 +541,36 @@ def fetch(
 
 
 def _fetch_head(runner: GitRunner, repo: Path, source: AllowedSource, url: urls.RepoURL) -> None:
-    runner.run(
-        [
-            "fetch",
-            "--quiet",
-            "--no-tags",
-            "--no-recurse-submodules",
-            "--no-write-fetch-head",
-            "--no-auto-gc",
-            "--",
-            url.for_git,
-            f"+{source.ref}:{HEAD_REF}",
-        ],
-        cwd=repo,
-        what=f"git fetch {url.identity} {source.ref}",
-    )
+    what = f"git fetch {url.identity} {source.ref}"
+    args = [
+        "fetch",
+        "--quiet",
+        "--no-tags",
+        "--no-recurse-submodules",
+        "--no-write-fetch-head",
+        "--no-auto-gc",
+    ]
+    try:
+        runner.run([*args, "--", url.for_git, f"+{source.ref}:{HEAD_REF}"], cwd=repo, what=what)
+    except GitwardError:
+        if _discard_partial_packs(repo) >= runner.budgets.fetch_bytes:
+            # index-pack was stopped by the file-size limit (git then only says its output was
+            # invalid): the pack it was writing reached the budget.
+            limit = describe("fetch_bytes", runner.budgets.fetch_bytes)
+            raise Stalled(
+                Reason.SOURCE_TOO_LARGE, f"{what}: the fetch is larger than the budget of {limit}"
+            ) from None
+        raise
+
+
+def _discard_partial_packs(repo: Path) -> int:
+    """Remove what a failed fetch left behind in the cache; return the size of the largest piece."""
+    largest = 0
+    for partial in (repo / "objects" / "pack").glob("tmp_*"):
+        with contextlib.suppress(OSError):
+            largest = max(largest, partial.stat().st_size)
+            partial.unlink()
+    return largest
 
 
 def ls_remote_head(runner: GitRunner, url: urls.RepoURL, ref: str) -> str:
