@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from gitward.api.conditions import Reason
 from gitward.api.resources import InvalidResourceError, parse_duration
 
 KIB: Final = 1024
@@ -72,6 +73,48 @@ DEFAULT_CEILINGS: Final = Budgets(
     render_seconds=600,
     render_memory=2 * GIB,
 )
+
+# What a user sees when a commit exceeds each budget.
+REASONS: Final = {
+    "fetch_bytes": Reason.SOURCE_TOO_LARGE,
+    "object_bytes": Reason.SOURCE_TOO_LARGE,
+    "tree_entries": Reason.SOURCE_TOO_LARGE,
+    "tree_bytes": Reason.SOURCE_TOO_LARGE,
+    "commits": Reason.SOURCE_TOO_LARGE,
+    "git_seconds": Reason.SOURCE_TOO_LARGE,  # CPU; a slow server's wall clock is FetchFailed (retried)
+    "git_memory": Reason.SOURCE_TOO_LARGE,
+    "files": Reason.MANIFEST_TOO_LARGE,
+    "file_bytes": Reason.MANIFEST_TOO_LARGE,
+    "source_bytes": Reason.MANIFEST_TOO_LARGE,
+    "documents": Reason.RENDER_TOO_LARGE,
+    "rendered_bytes": Reason.RENDER_TOO_LARGE,
+    "yaml_depth": Reason.YAML_REJECTED,
+    "kustomizations": Reason.RENDER_TOO_LARGE,
+    "kustomize_depth": Reason.RENDER_TOO_LARGE,
+    "render_seconds": Reason.RENDER_TOO_LARGE,
+    "render_memory": Reason.RENDER_TOO_LARGE,
+}
+# What each budget bounds, for people (docs and the CRD's descriptions say the same).
+MEANINGS: Final = {
+    "fetch_bytes": "bytes one fetch may write (the pack); enforced on git itself by an OS file-size limit",
+    "object_bytes": "the largest single object read: a commit, tree or file, from git's size metadata",
+    "tree_entries": "entries in the commit's whole tree, counted recursively",
+    "tree_bytes": "the sum of the sizes of every file in the commit's tree",
+    "commits": "new commits verified in one apply",
+    "git_seconds": "CPU seconds of one git command, and its wall clock (a server that runs that out is "
+    "FetchFailed, retried)",
+    "git_memory": "address space of one git command",
+    "files": "files read for one render",
+    "file_bytes": "bytes of one file read for rendering",
+    "source_bytes": "bytes of all files read for one render",
+    "documents": "YAML documents (objects) in one render",
+    "rendered_bytes": "bytes of kustomize's output",
+    "yaml_depth": "how deeply YAML may nest",
+    "kustomizations": "kustomization builds, counting every path to a base (reached twice, built twice)",
+    "kustomize_depth": "how deeply kustomizations may include each other",
+    "render_seconds": "wall-clock and CPU seconds of one kustomize build",
+    "render_memory": "address space of one kustomize build",
+}
 
 _BYTES: Final = frozenset(
     {
