@@ -185,6 +185,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
 
     async def secret_for(namespace: str, name: str) -> bytes | None:
+        if (namespace, name) not in memo.wakeups:
+            return None  # no such app runs here: an unauthenticated guess costs no API call
         return await pools.lookup(functools.partial(_webhook_secret, operator, namespace, name))
 
     app = webhook.make_app(secret_for=secret_for, wake=lambda ns, n: wake(memo, ns, n, Trigger.WEBHOOK))

@@ -49,7 +49,7 @@ def remote(tmp_path: Path) -> Remote:
     return made
 
 
-def refused(action, reason: Reason) -> Stalled:  # noqa: ANN001
+def refused(action, reason: Reason) -> Stalled:
     with pytest.raises(Stalled) as caught:
         action()
     assert caught.value.reason is reason, caught.value

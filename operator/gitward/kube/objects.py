@@ -15,6 +15,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from kubernetes import client
 from kubernetes.client import ApiException
@@ -39,11 +40,17 @@ class Resource:
     namespaced: bool
 
     def path(self, *, namespace: str | None, name: str | None = None) -> str:
-        """The REST path of the collection or of one object."""
-        base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
-        scope = f"/namespaces/{namespace}" if self.namespaced and namespace else ""
-        tail = f"/{name}" if name else ""
-        return f"{base}{scope}/{self.plural}{tail}"
+        """The REST path of the collection (``name=None``) or of one object, every segment quoted.
+
+        Raises :class:`InvalidPathSegment` for any value that could name another
+        path (see :func:`path_segment`); an empty ``name`` is refused rather than
+        read as the collection, so a nameless object can never become a
+        collection-wide ``DELETE``.
+        """
+        base = _api_base(self.group, self.version)
+        scope = f"/namespaces/{path_segment(namespace, 'namespace')}" if self.namespaced and namespace else ""
+        tail = f"/{path_segment(name, 'name')}" if name is not None else ""
+        return f"{base}{scope}/{path_segment(self.plural, 'resource')}{tail}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +129,46 @@ class APIError(Exception):
         return cls(status, truncate(message, 600))
 
 
+class InvalidPathSegment(APIError, ValueError):  # noqa: N818 - named for what it refuses, like Stalled
+    """A value refused as one segment of an API path: it could make the client request another path.
+
+    Raised before any request is made. It is an :class:`APIError` with status
+    400, so callers that already turn the server's refusals into conditions
+    treat it like the server's own "bad request"; and a :class:`ValueError`.
+    """
+
+    def __init__(self, what: str, value: str) -> None:
+        super().__init__(400, f"{what} {truncate(repr(value), 80)} is not a valid API path segment")
+        self.what = what
+        self.value = value
+
+
+MAX_SEGMENT = 253  # the longest Kubernetes name (a DNS-1123 subdomain)
+
+
+def path_segment(value: str, what: str) -> str:
+    """``value`` quoted as exactly one path segment; :class:`InvalidPathSegment` if it cannot be one.
+
+    Refused: empty, ``.`` or ``..``, containing ``/`` or ``%`` (no
+    pre-encoded values: nothing is decoded twice), longer than 253, or not
+    encodable as UTF-8. Everything else (``?``, ``#``, spaces, unicode) is
+    percent-encoded, so the segment can never end the path or start a query.
+    """
+    if not value or value in {".", ".."} or "/" in value or "%" in value or len(value) > MAX_SEGMENT:
+        raise InvalidPathSegment(what, value)
+    try:
+        return quote(value, safe="")
+    except UnicodeEncodeError:  # lone surrogates
+        raise InvalidPathSegment(what, value) from None
+
+
+def _api_base(group: str, version: str) -> str:
+    """``/api/<version>`` for the core group, ``/apis/<group>/<version>`` otherwise, quoted."""
+    if not group:
+        return f"/api/{path_segment(version, 'version')}"
+    return f"/apis/{path_segment(group, 'group')}/{path_segment(version, 'version')}"
+
+
 def server_message(error: APIError) -> str:
     """The API server's own message."""
     return error.message
@@ -178,7 +225,7 @@ class Objects:
         with self._lock:
             known = self._resources.get(key)
         if known is None:
-            path = f"/api/{version}" if not group else f"/apis/{group}/{version}"
+            path = _api_base(group, version)
             try:
                 listing = self._call("GET", path)
             except APIError as error:
@@ -204,8 +251,9 @@ class Objects:
         """Where ``kind`` of ``group`` is served at the group's preferred version (None if it is not)."""
         if not group:
             return self.resource("v1", kind)
+        path = f"/apis/{path_segment(group, 'group')}"
         try:
-            listing = self._call("GET", f"/apis/{group}")
+            listing = self._call("GET", path)
         except APIError as error:
             if error.status == _NOT_FOUND:
                 return None
@@ -278,7 +326,7 @@ class Objects:
         """JSON merge patch of an object or of a subresource (``status``)."""
         resource = self.resource(ref.api_version, ref.kind)
         path = resource.path(namespace=ref.namespace, name=ref.name) + (
-            f"/{subresource}" if subresource else ""
+            f"/{path_segment(subresource, 'subresource')}" if subresource else ""
         )
         patched: dict[str, Any] = self._call(
             "PATCH", path, body=dict(patch), content_type="application/merge-patch+json"
