@@ -247,7 +247,7 @@ def test_too_much_output_and_too_much_time_are_render_too_large(work):
     work.commit({"deploy/kustomization.yaml": "resources: []\n"})
     big = refused_build(work, ("sh", "-c", "/usr/bin/head -c 5000 /dev/zero"), max_rendered_bytes=1000)
     assert big.reason is Reason.RENDER_TOO_LARGE
-    assert "the limit is 1000" in big.message
+    assert "the limit of 1000 bytes" in big.message
     slow = refused_build(work, ("sh", "-c", "/bin/sleep 30"), kustomize_timeout=0.5)
     assert slow.reason is Reason.RENDER_TOO_LARGE
     assert "took longer than 0.5s" in slow.message

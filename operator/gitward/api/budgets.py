@@ -50,7 +50,7 @@ class Budgets:
     kustomizations: int = 256
     kustomize_depth: int = 16
     render_seconds: int = 60
-    render_memory: int = 1 * GIB
+    render_memory: int = 2560 * MIB  # Go reserves address space far beyond what it uses
 
 
 # How far an operator's ceiling goes by default: a tenant may be given up to this much.
@@ -71,7 +71,7 @@ DEFAULT_CEILINGS: Final = Budgets(
     kustomizations=2_048,
     kustomize_depth=32,
     render_seconds=600,
-    render_memory=2 * GIB,
+    render_memory=8 * GIB,
 )
 
 # What a user sees when a commit exceeds each budget.

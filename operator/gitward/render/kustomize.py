@@ -533,8 +533,9 @@ def _environment(base: Path, limits: Limits) -> dict[str, str]:
         "NO_PROXY": "",
         "no_proxy": "",
         "KUSTOMIZE_PLUGIN_HOME": str(empty["plugins"]),
-        # A soft target below the hard limit, so Go's collector works harder before the limit kills it.
-        "GOMEMLIMIT": str(max(1, limits.kustomize_memory_bytes * 3 // 4)),
+        # The address-space limit must leave room for what Go reserves but never touches (about
+        # 1.9 GiB for kubectl); the heap itself is held to a fifth of it by Go's collector.
+        "GOMEMLIMIT": str(max(1, limits.kustomize_memory_bytes // 5)),
     }
 
 
@@ -562,6 +563,12 @@ def _write_checkout(tree: Tree, checkout: Path, read: Callable[[TreeEntry], byte
         link.symlink_to(os.path.relpath(destination, link.parent), target_is_directory=True)
 
 
+def _out_of_memory(stderr: bytes) -> bool:
+    """Whether the Go runtime died for want of memory (the address-space limit it runs under)."""
+    text = stderr.decode(errors="replace").lower()
+    return "out of memory" in text or "cannot allocate memory" in text
+
+
 def build(
     tree: Tree,
     root: str,
@@ -585,11 +592,27 @@ def build(
             env=env,
             cwd=base,
             timeout=limits.kustomize_timeout,
+            max_output=limits.max_rendered_bytes,
+            limits=processes.ResourceLimits(
+                address_space=limits.kustomize_memory_bytes,
+                cpu_seconds=max(1, int(limits.kustomize_timeout)),
+                file_size=limits.max_rendered_bytes,
+            ),
         )
-        if result.timed_out:
+        if result.timed_out or result.ended is processes.Ended.CPU_LIMIT:
             raise Stalled(
                 Reason.RENDER_TOO_LARGE,
                 f"kustomize build of {shown} took longer than {limits.kustomize_timeout:g}s",
+            )
+        if result.over_output:
+            raise Stalled(
+                Reason.RENDER_TOO_LARGE,
+                f"kustomize output of {shown} exceeds the limit of {limits.max_rendered_bytes} bytes",
+            )
+        if result.code != 0 and _out_of_memory(result.stderr):
+            raise Stalled(
+                Reason.RENDER_TOO_LARGE,
+                f"kustomize build of {shown} needed more than {limits.kustomize_memory_bytes} bytes",
             )
         if result.code != 0:
             message = result.stderr.decode(errors="replace").replace(str(checkout) + "/", "")

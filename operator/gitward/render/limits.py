@@ -31,7 +31,7 @@ class Limits:
     max_kustomizations: int = 256  # builds, counting every path to a base
     max_kustomize_depth: int = 16  # how deep kustomizations may include each other
     kustomize_timeout: float = 60.0  # CPU seconds and wall seconds of one kustomize build
-    kustomize_memory_bytes: int = 1024 * 1024 * 1024  # address space of the kustomize process
+    kustomize_memory_bytes: int = 2560 * 1024 * 1024  # address space: Go reserves far more than it uses
 
     @classmethod
     def from_budgets(cls, budgets: Budgets) -> Limits:

@@ -21,6 +21,10 @@ from gitward import processes
 from gitward.api.conditions import Reason
 from gitward.errors import Waiting
 
+# A verification tool reads one commit and a few keys: its output and memory are small.
+_MAX_OUTPUT = 4 * 1024 * 1024
+_MAX_MEMORY = 512 * 1024 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class ToolResult:
@@ -87,7 +91,17 @@ def run_tool(
     cwd: Path | None = None,
 ) -> ToolResult:
     """Run a verification tool; a tool that outlives ``timeout`` is killed and the failure is retryable."""
-    done = processes.run(argv, env=env, timeout=timeout, stdin=stdin, cwd=cwd)
+    done = processes.run(
+        argv,
+        env=env,
+        timeout=timeout,
+        stdin=stdin,
+        cwd=cwd,
+        max_output=_MAX_OUTPUT,
+        limits=processes.ResourceLimits(
+            address_space=_MAX_MEMORY, file_size=_MAX_OUTPUT, cpu_seconds=max(1, int(timeout))
+        ),
+    )
     if done.timed_out:
         raise Waiting(Reason.INVALID_SIGNATURE, f"{Path(argv[0]).name} timed out after {timeout:g}s")
     return ToolResult(
