@@ -37,7 +37,9 @@ class Remote:
         )
 
     def fetch(self, budgets: Budgets) -> tuple[git.Checkout, git.Repository]:
-        checkout = git.fetch(self.source, app_uid="app", credentials=None, options=self.options, budgets=budgets)
+        checkout = git.fetch(
+            self.source, app_uid="app", credentials=None, options=self.options, budgets=budgets
+        )
         return checkout, git.Repository(checkout.repo, options=self.options, budgets=budgets)
 
 
@@ -113,7 +115,9 @@ def test_a_long_symlink_target_is_refused_without_reading_it(remote):
     hostile.long_symlink(remote.work, "deploy/link.yaml", 1 * MIB, sign=remote.signer)
     remote.work.push()
     checkout, repo = remote.fetch(Budgets())
-    error = refused(lambda: load(repo, checkout.commit, "deploy", limits=Limits()), Reason.SYMLINK_OUT_OF_BOUNDS)
+    error = refused(
+        lambda: load(repo, checkout.commit, "deploy", limits=Limits()), Reason.SYMLINK_OUT_OF_BOUNDS
+    )
     assert "deploy/link.yaml" in error.message
 
 

@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 from kubernetes import client
 from kubernetes.client import ApiException
+from urllib3.exceptions import HTTPError
 
 from gitward.api.conditions import Reason
 from gitward.errors import GitwardError, Stalled, Waiting, truncate
@@ -211,9 +212,12 @@ class Objects:
             )
         except ApiException as error:  # raised by the REST layer for transport-level failures
             raise APIError(int(error.status or 0), str(error.reason or error)) from None
-        except OSError as error:
-            raise APIError(0, f"cannot reach the API server: {error}") from None
-        data = response.read()
+        except (OSError, HTTPError) as error:  # no answer at all: urllib3's MaxRetryError, ProtocolError
+            raise APIError(0, f"cannot reach the API server: {type(error).__name__}") from None
+        try:
+            data = response.read()
+        except (OSError, HTTPError) as error:
+            raise APIError(0, f"the API server's answer broke off: {type(error).__name__}") from None
         if not 200 <= response.status <= 299:  # noqa: PLR2004 - the HTTP success range
             raise APIError.from_response(response.status, data, response.reason)
         return json.loads(data) if data else {}
