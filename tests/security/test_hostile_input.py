@@ -2,9 +2,13 @@
 
 Every attacker is a tenant with push rights to its own repository on the
 loopback HTTPS git server; the operator runs as a process (`gitward run`)
-against the real control plane. While the attacks run (and while the
-webhook port is flooded), a victim tenant's signed commit is deployed in
-its normal time and the operator process is never restarted. For each
+against the real control plane. While the attacks run (while the webhook
+port is flooded, and while a tenant with many apps on a git server that
+answers after 20 s holds every reconcile slot it may have), a victim
+tenant's signed commit is deployed in its normal time and the operator
+process is never restarted. The operator runs with few workers
+(`--reconcile-workers 6 --tenant-concurrency 2`), so that without the
+per-tenant bound the slow tenant alone would take every thread. For each
 attack: the reason the issue names, a Refused record, and nothing written
 to the attacker's namespace.
 """
@@ -23,12 +27,35 @@ from typing import Self
 
 import pytest
 
+from support.gitservers import HttpsGitServer
 from support.hostile import ATTACK_CONFIGMAP, ATTACKS
 from support.operator import WEBHOOK_SECRET, OperatorProcess, World, push_payload
 from support.pipeline import SNAPSHOT_KINDS, configmap
 from support.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
+
+WORKERS, TENANT_SLOTS = 6, 2
+SLOW_APPS = 10
+SLOW_SECONDS = 20.0
+
+
+@pytest.fixture(scope="module")
+def operator(kubeconfig, crds, operator_namespace, tmp_path_factory):
+    root = tmp_path_factory.mktemp("operator")
+    limits = ("--reconcile-workers", str(WORKERS), "--tenant-concurrency", str(TENANT_SLOTS))
+    with OperatorProcess(
+        kubeconfig, operator_namespace, root / "cache", root / "operator.log", *limits
+    ) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("slow-git")
+    (root / "srv").mkdir()
+    with HttpsGitServer(root / "srv", root / "tls") as server:
+        yield server
 
 
 def snapshot(world: World) -> set[tuple[str, str, str]]:
@@ -110,6 +137,7 @@ class Battlefield:
     under_attack_seconds: float
     flood: WebhookFlood
     operator_pid: int
+    slow: World
 
 
 def _push_and_time(operator: OperatorProcess, world: World, value: str) -> float:
@@ -126,12 +154,12 @@ def _push_and_time(operator: OperatorProcess, world: World, value: str) -> float
 
 @pytest.fixture(scope="module")
 def battlefield(
-    operator, git_server, admin, operator_namespace, crds, tmp_path_factory
+    operator, git_server, slow_server, admin, operator_namespace, crds, tmp_path_factory
 ) -> Iterator[Battlefield]:
     worlds: list[World] = []
 
-    def new_world() -> World:
-        created = World(tmp_path_factory.mktemp("world"), admin, git_server, operator_namespace)
+    def new_world(server: HttpsGitServer = git_server) -> World:
+        created = World(tmp_path_factory.mktemp("world"), admin, server, operator_namespace)
         worlds.append(created)
         return created
 
@@ -153,6 +181,15 @@ def battlefield(
             if name != "malformed-commit":
                 world.work.push()
         snapshots = {name: snapshot(world) for name, world in attackers.items()}
+        slow = new_world(slow_server)
+        slow.work.commit({"deploy/config.yaml": configmap("settings", v="slow")}, sign=slow.signer)
+        slow.work.push()
+        slow_server.delay = SLOW_SECONDS
+        for index in range(SLOW_APPS):
+            slow.create_app(f"slow-{index}", interval="10s")
+        wait_until(
+            lambda: slow_server.in_flight >= TENANT_SLOTS, timeout=60, what="the slow tenant's slots taken"
+        )
         with WebhookFlood(operator.port) as flood:
             for world in attackers.values():
                 world.create_app(interval="10s")
@@ -163,7 +200,7 @@ def battlefield(
                     timeout=180,
                     what=f"{name} refused with {ATTACKS[name].reason} (now {ready_reason(world)!r})",
                 )
-        yield Battlefield(victim, attackers, snapshots, baseline, under_attack, flood, pid)
+        yield Battlefield(victim, attackers, snapshots, baseline, under_attack, flood, pid, slow)
     finally:
         for world in worlds:
             with contextlib.suppress(Exception):
@@ -177,6 +214,11 @@ def test_the_victim_deploys_in_its_normal_time_while_every_attack_runs(battlefie
         battlefield.baseline_seconds,
         battlefield.under_attack_seconds,
     )
+
+
+def test_one_tenant_never_holds_more_than_its_slots(battlefield, slow_server):
+    """Ten apps of one tenant on a server that answers after 20 s never had more than 2 requests in flight."""
+    assert slow_server.max_in_flight == TENANT_SLOTS
 
 
 def test_the_operator_process_was_never_restarted(battlefield, operator):

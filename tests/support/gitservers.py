@@ -4,19 +4,24 @@
   as CGI) behind HTTPS with basic auth, on 127.0.0.1 and a free port, with
   a certificate from a throwaway CA. It records which git commands clients
   sent, and can be made slower than a client's timeout.
-- :class:`SshGitServer`: a real ``sshd`` on 127.0.0.1 and a free port, with
-  its own host key and one authorized client key.
+- :class:`SshGitServer`: an SSH server built on asyncssh (no OpenSSH ``sshd``,
+  no root) on 127.0.0.1 and a free port, with its own ed25519 host key and one
+  authorized client key, running the real ``git-upload-pack`` for the real
+  git client (which talks to it through OpenSSH's ``ssh``).
 
 Both are context managers that stop their server on every path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import http.server
 import os
+import shlex
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -26,6 +31,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Self
+
+import asyncssh
 
 HTTP_BACKEND = Path(
     subprocess.run(["git", "--exec-path"], capture_output=True, text=True, check=True).stdout.strip()
@@ -84,6 +91,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         owner = self.server.owner
+        owner.started()
+        try:
+            self._answer(owner)
+        finally:
+            owner.finished()
+
+    def _answer(self, owner: HttpsGitServer) -> None:
         body = self._body() if self.command == "POST" else b""
         if owner.delay:
             time.sleep(owner.delay)
@@ -152,6 +166,8 @@ class HttpsGitServer:
         self.delay = 0.0
         self.requests: list[tuple[str, str, str]] = []
         self.sent_bytes = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._lock = threading.Lock()
         self.ca_cert, cert, key = make_tls(tls_dir)
         self.port = free_port()
@@ -165,6 +181,15 @@ class HttpsGitServer:
     def record(self, method: str, path: str, command: str) -> None:
         with self._lock:
             self.requests.append((method, path, command))
+
+    def started(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def finished(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
 
     def count_bytes(self, count: int) -> None:
         with self._lock:
@@ -187,49 +212,94 @@ class HttpsGitServer:
         self._thread.join(timeout=10)
 
 
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+UPLOAD_PACK = [path] if (path := shutil.which("git-upload-pack")) else ["git", "upload-pack"]
+_CHUNK = 64 * 1024
+
+
+def upload_pack_path(command: str | None) -> str | None:
+    """The repository in ``git-upload-pack '<path>'`` as git sends it over SSH, else None.
+
+    git quotes the path in single quotes (``'`` and ``!`` as ``'\\''`` and ``'\\!'``), with a
+    leading ``/`` for ``ssh://`` URLs and without one for scp-like ``host:path``.
+    """
+    prefix = "git-upload-pack '"
+    if not command or not command.startswith(prefix) or not command.endswith("'"):
+        return None
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    return words[1] if len(words) == 2 and words[1] else None  # noqa: PLR2004 - command and path
+
+
+class _SshAuth(asyncssh.SSHServer):
+    """Public-key authentication only: exactly one key, for exactly one user."""
+
+    def __init__(self, owner: SshGitServer) -> None:
+        self.owner = owner
+        self.conn: asyncssh.SSHServerConnection | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        self.owner.connections.add(conn)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.conn is not None:
+            self.owner.connections.discard(self.conn)
+
+    def begin_auth(self, username: str) -> bool:
+        return True  # every user must authenticate
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def host_based_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        return username == self.owner.user and key.public_data == self.owner.client_key.public_data
 
 
 class SshGitServer:
-    """A real sshd on loopback that lets one client key in and runs git-upload-pack for it."""
+    """An SSH server on loopback that lets one client key in and runs git-upload-pack for it.
+
+    Built on asyncssh, in a thread with its own event loop: the real SSH protocol for OpenSSH's
+    ``ssh`` client (which git runs), no root and no ``sshd`` needed.
+    """
 
     def __init__(self, directory: Path, client_public_key: str) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.host_key = directory / "ssh_host_ed25519_key"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.host_key)], check=True)
+        key = asyncssh.generate_private_key("ssh-ed25519", comment="gitward-test-host")
+        key.write_private_key(self.host_key)
+        key.write_public_key(f"{self.host_key}.pub")
+        self._host_keypair = key
+        self.client_key = asyncssh.import_public_key(client_public_key)
         (directory / "authorized_keys").write_text(client_public_key + "\n")
-        (directory / "authorized_keys").chmod(0o600)
-        self.port = free_port()
         self.user = (
             os.environ.get("USER")
             or subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
         )
-        self.config = directory / "sshd_config"
-        self.config.write_text(
-            "\n".join(
-                [
-                    "ListenAddress 127.0.0.1",
-                    f"Port {self.port}",
-                    f"HostKey {self.host_key}",
-                    f"AuthorizedKeysFile {directory / 'authorized_keys'}",
-                    f"PidFile {directory / 'sshd.pid'}",
-                    "StrictModes no",
-                    "UsePAM no",
-                    "PasswordAuthentication no",
-                    "KbdInteractiveAuthentication no",
-                    "PubkeyAuthentication yes",
-                    "PermitRootLogin prohibit-password",
-                    f"AllowUsers {self.user}",
-                    "AllowTcpForwarding no",
-                    "X11Forwarding no",
-                    "PrintMotd no",
-                    "LogLevel ERROR",
-                ]
-            )
-            + "\n"
-        )
-        self.process: subprocess.Popen[bytes] | None = None
+        self.home = Path.home() if Path.home().is_dir() else directory
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self.port = int(self._sock.getsockname()[1])
+        self.commands: list[str | None] = []
+        self.connections: set[asyncssh.SSHServerConnection] = set()
+        self._sessions: set[asyncio.Task[None]] = set()
+        self._children: set[asyncio.subprocess.Process] = set()
+        self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=f"ssh-git-server-{self.port}", daemon=True)
+        self._stopped = False
 
     @property
     def host_public_key(self) -> str:
@@ -243,33 +313,147 @@ class SshGitServer:
         return f"ssh://{self.user}@127.0.0.1:{self.port}{repo_path}"
 
     def __enter__(self) -> Self:
-        Path("/run/sshd").mkdir(exist_ok=True) if os.geteuid() == 0 else None
-        self.process = subprocess.Popen(
-            [SSHD, "-D", "-e", "-f", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                    if sock.recv(4).startswith(b"SSH-"):
-                        return self
-            except OSError:
-                if self.process.poll() is not None:
-                    raise RuntimeError(
-                        f"sshd exited: {self.process.stderr.read().decode() if self.process.stderr else ''}"
-                    ) from None
-                time.sleep(0.1)
-        self.__exit__()
-        raise RuntimeError("sshd did not start listening")
+        self._thread.start()
+        try:
+            self._acceptor = asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(timeout=10)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            if self._thread.is_alive():
+                try:
+                    asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=15)
+                finally:
+                    self._loop.call_soon_threadsafe(self._loop.stop)
+                    self._thread.join(timeout=15)
+            elif not self._loop.is_closed():
+                self._loop.close()
+        finally:
+            self._sock.close()
+
+    # The event loop thread.
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+        finally:
+            leftovers = asyncio.all_tasks(self._loop)
+            for task in leftovers:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
+
+    async def _listen(self) -> asyncssh.SSHAcceptor:
+        return await asyncssh.listen(
+            sock=self._sock,
+            server_factory=lambda: _SshAuth(self),
+            server_host_keys=[self._host_keypair],
+            process_factory=self._session,
+            encoding=None,
+            line_editor=False,
+            allow_pty=False,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            password_auth=False,
+            kbdint_auth=False,
+            gss_host=None,
+            login_timeout=30,
+        )
+
+    async def _stop(self) -> None:
+        if self._acceptor is not None:
+            self._acceptor.close()
+            await self._acceptor.wait_closed()
+        for conn in list(self.connections):
+            conn.abort()
+        for child in list(self._children):
+            if child.returncode is None:
+                child.kill()
+        sessions = list(self._sessions)
+        for task in sessions:
+            task.cancel()
+        await asyncio.gather(*sessions, return_exceptions=True)
+
+    async def _session(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        task = asyncio.current_task()
+        assert task is not None  # noqa: S101 - called by asyncssh as a task
+        self._sessions.add(task)
+        try:
+            await self._serve(process)
+        finally:
+            self._sessions.discard(task)
+
+    async def _serve(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        self.commands.append(process.command)
+        repo = upload_pack_path(process.command)
+        if repo is None:
+            process.stderr.write(
+                f"gitward test SSH server: only git-upload-pack '<path>' is served, "
+                f"not {process.command!r}\n".encode()
+            )
+            process.exit(1)
+            return
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.home),
+            "LANG": "C",
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": "/dev/null",
+        }
+        if protocol := process.env.get("GIT_PROTOCOL"):
+            env["GIT_PROTOCOL"] = protocol
+        child = await asyncio.create_subprocess_exec(
+            *UPLOAD_PACK,
+            repo,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            cwd=self.home,
+        )
+        self._children.add(child)
+        assert child.stdin and child.stdout and child.stderr  # noqa: S101 - all three are pipes
+        feed = asyncio.create_task(_feed(process.stdin, child.stdin))
+        try:
+            await asyncio.gather(_pump(child.stdout, process.stdout), _pump(child.stderr, process.stderr))
+            status = await child.wait()
+        finally:
+            feed.cancel()
+            if child.returncode is None:
+                child.kill()
+            await child.wait()
+            self._children.discard(child)
+        if status < 0:
+            process.exit_with_signal(signal.Signals(-status).name.removeprefix("SIG"))
+        else:
+            process.exit(status)
+
+
+async def _feed(channel: asyncssh.SSHReader[bytes], pipe: asyncio.StreamWriter) -> None:
+    """The client's bytes to the process's stdin, then EOF."""
+    try:
+        while chunk := await channel.read(_CHUNK):
+            pipe.write(chunk)
+            await pipe.drain()
+    except (BrokenPipeError, ConnectionResetError, asyncssh.Error):
+        pass
+    finally:
+        pipe.close()
+
+
+async def _pump(pipe: asyncio.StreamReader, channel: asyncssh.SSHWriter[bytes]) -> None:
+    """The process's stdout or stderr to the client, until the process closes it."""
+    while chunk := await pipe.read(_CHUNK):
+        channel.write(chunk)
+        await channel.drain()
 
 
 @contextmanager

@@ -31,11 +31,14 @@ from support.toolpaths import kubectl_binary
 class OperatorProcess:
     """`gitward run` against the test cluster; stopped on exit, also when a test fails."""
 
-    def __init__(self, kubeconfig: Path, operator_namespace: str, cache_dir: Path, log: Path) -> None:
+    def __init__(
+        self, kubeconfig: Path, operator_namespace: str, cache_dir: Path, log: Path, *extra_args: str
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.operator_namespace = operator_namespace
         self.cache_dir = cache_dir
         self.log = log
+        self.extra_args = extra_args
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -45,7 +48,7 @@ class OperatorProcess:
             str(gitward), "run", "--kubeconfig", str(self.kubeconfig),
             "--operator-namespace", self.operator_namespace, "--cache-dir", str(self.cache_dir),
             "--webhook-host", "127.0.0.1", "--webhook-port", str(self.port), "--liveness", "",
-            "--kustomize", f"{kubectl_binary()} kustomize",
+            "--kustomize", f"{kubectl_binary()} kustomize", *self.extra_args,
         ]  # fmt: skip
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
@@ -81,7 +84,12 @@ class OperatorProcess:
         self.stop()
 
     def webhook(self, namespace: str, app: str, body: bytes, secret: bytes | None) -> int:
-        headers = {"Content-Type": "application/json", "X-GitHub-Event": "push"}
+        # Every delivery has its own id, as GitHub sends it; the operator ignores a replayed one.
+        headers = {
+            "Content-Type": "application/json",
+            "X-GitHub-Event": "push",
+            "X-GitHub-Delivery": str(uuid.uuid4()),
+        }
         if secret is not None:
             headers["X-Hub-Signature-256"] = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
         request = urllib.request.Request(
@@ -152,11 +160,11 @@ class World:
             },
         )  # fmt: skip
 
-    def create_app(self, **spec: Any) -> None:
+    def create_app(self, name: str = "web", **spec: Any) -> None:
         body = {
             "apiVersion": resources.API_VERSION,
             "kind": "GitOpsApp",
-            "metadata": {"name": "web", "namespace": self.namespace},
+            "metadata": {"name": name, "namespace": self.namespace},
             "spec": {
                 "tenant": self.tenant,
                 "source": {
