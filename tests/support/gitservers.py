@@ -217,9 +217,9 @@ _CHUNK = 64 * 1024
 
 
 def upload_pack_path(command: str | None) -> str | None:
-    """The repository in ``git-upload-pack '<path>'`` as git sends it over SSH, else None.
+    r"""The repository in ``git-upload-pack '<path>'`` as git sends it over SSH, else None.
 
-    git quotes the path in single quotes (``'`` and ``!`` as ``'\\''`` and ``'\\!'``), with a
+    git quotes the path in single quotes (``'`` and ``!`` as ``'\''`` and ``'\!'``), with a
     leading ``/`` for ``ssh://`` URLs and without one for scp-like ``host:path``.
     """
     prefix = "git-upload-pack '"
@@ -229,7 +229,7 @@ def upload_pack_path(command: str | None) -> str | None:
         words = shlex.split(command)
     except ValueError:
         return None
-    return words[1] if len(words) == 2 and words[1] else None  # noqa: PLR2004 - command and path
+    return words[1] if len(words) == 2 and words[1] else None
 
 
 class _SshAuth(asyncssh.SSHServer):
@@ -243,12 +243,12 @@ class _SshAuth(asyncssh.SSHServer):
         self.conn = conn
         self.owner.connections.add(conn)
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:  # noqa: ARG002 - asyncssh's signature
         if self.conn is not None:
             self.owner.connections.discard(self.conn)
 
-    def begin_auth(self, username: str) -> bool:
-        return True  # every user must authenticate
+    def begin_auth(self, username: str) -> bool:  # noqa: ARG002 - asyncssh's signature
+        return True  # every user must authenticate, with the one key
 
     def password_auth_supported(self) -> bool:
         return False
@@ -349,6 +349,7 @@ class SshGitServer:
                 task.cancel()
             self._loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
             self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.run_until_complete(self._loop.shutdown_default_executor())
             self._loop.close()
 
     async def _listen(self) -> asyncssh.SSHAcceptor:
@@ -384,7 +385,7 @@ class SshGitServer:
 
     async def _session(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         task = asyncio.current_task()
-        assert task is not None  # noqa: S101 - called by asyncssh as a task
+        assert task is not None  # asyncssh runs each session as a task
         self._sessions.add(task)
         try:
             await self._serve(process)
@@ -420,7 +421,9 @@ class SshGitServer:
             cwd=self.home,
         )
         self._children.add(child)
-        assert child.stdin and child.stdout and child.stderr  # noqa: S101 - all three are pipes
+        assert child.stdin is not None  # all three are pipes
+        assert child.stdout is not None
+        assert child.stderr is not None
         feed = asyncio.create_task(_feed(process.stdin, child.stdin))
         try:
             await asyncio.gather(_pump(child.stdout, process.stdout), _pump(child.stderr, process.stderr))
