@@ -34,11 +34,11 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from gitward.api.resources import parse_tenant_spec
 from gitward.apply.run import Applier
+from gitward.fence.baseline import TENANT_SERVICE_ACCOUNT
+from gitward.fence.ensure import ensure_namespace
 from gitward.kube import clients
 from gitward.kube.objects import Objects
 from gitward.render.manifests import Manifest
-from gitward.tenancy.baseline import TENANT_SERVICE_ACCOUNT
-from gitward.tenancy.ensure import ensure_namespace
 from support.toolpaths import kubectl_binary
 
 

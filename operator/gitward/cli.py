@@ -11,31 +11,27 @@ import argparse
 import json
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 import gitward
-from gitward import logs, reconcile
+from gitward import logs
 from gitward.api import budgets, conditions, resources
-from gitward.api.conditions import Reason
-from gitward.api.resources import Namespace, parse_tenant_spec
-from gitward.apply.inventory import owner_of
-from gitward.apply.run import Applier
-from gitward.errors import GitwardError, Stalled
+from gitward.api.refs import ObjectRef
+from gitward.errors import GitwardError
 from gitward.history.records import chain_breaks, sequence_of, successful_commits
 from gitward.history.store import list_records
 from gitward.kube import clients
-from gitward.kube.objects import ObjectRef, Objects
+from gitward.kube.objects import Objects
 from gitward.kube.reads import KubeReader
-from gitward.policy.check import check as policy_check
-from gitward.render.load import load as render_load
-from gitward.source import allow, git, urls
-from gitward.tenancy.baseline import TENANT_SERVICE_ACCOUNT
-from gitward.trust import keys as trust_keys
-from gitward.trust.verify import TrustSettings, verify
+from gitward.reconcile.resolve import resolve_local
+from gitward.reconcile.state import Run, Services
+from gitward.reconcile.status import Step
+from gitward.reconcile.steps import run_steps
+from gitward.source import git
 
 
 def _version(_args: argparse.Namespace) -> int:
@@ -158,56 +154,47 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    """Run the source checks on a local repository against a tenant's policy and keys, explaining each."""
+    """Run the source checks on a local repository against a tenant's policy and keys, explaining each.
+
+    The same steps as the operator (``head``, ``fetch``, ``trust``), stopping after ``trust``.
+    """
     objects = _objects(args)
     reader = KubeReader(objects.api, operator_namespace=args.operator_namespace)
     repo_path = Path(args.repo).resolve()
-    try:
-        tenant = parse_tenant_spec(reader.tenant(args.tenant).get("spec") or {})
-        allow.check_branch_name(args.branch)
-        rules = [r for r in tenant.sources if any(allow.glob_match(p, args.branch) for p in r.branches)]
-        if not rules:
-            raise Stalled(
-                Reason.BRANCH_NOT_ALLOWED,
-                f"no source of tenant {args.tenant!r} allows branch {args.branch!r}",
+    with tempfile.TemporaryDirectory(prefix="gitward-verify-") as cache:
+        services = Services(
+            reader=reader,
+            operator=objects,
+            as_tenant=lambda _namespace, _account: objects,  # verify stops before anything is applied
+            fetch_options=git.FetchOptions(cache_root=Path(cache), allow_file_transport=True),
+        )
+        app = {"metadata": {"name": "cli-verify"}, "status": {"lastAppliedRevision": args.last_applied or ""}}
+        run = Run(app=app, services=services)
+        try:
+            run.resolved = resolve_local(
+                str(repo_path), tenant_name=args.tenant, branch=args.branch, reader=reader
             )
-        print(f"branch policy: {args.branch!r} is allowed by {', '.join(r.url for r in rules)}")
-        keys = trust_keys.from_config_maps(reader.key_config_map(ref.config_map) for ref in tenant.keys_from)
-        print(f"trusted keys:  {len(keys.openpgp)} OpenPGP, {len(keys.ssh_signers)} SSH")
-        with tempfile.TemporaryDirectory(prefix="gitward-verify-") as cache:
-            options = git.FetchOptions(cache_root=Path(cache), allow_file_transport=True)
-            url = urls.parse(f"file://{repo_path}", allow_file=True)
-            source = allow.AllowedSource(url, args.branch, rules[0], Namespace(tenant.namespaces[0]))
-            checkout = git.fetch(source, app_uid="cli-verify", credentials=None, options=options)
-            print(f"branch head:   {checkout.commit} (refs/heads/{args.branch} only)")
-            settings = TrustSettings(verify=tenant.verify, require_fast_forward=tenant.require_fast_forward)
-            repository = git.Repository(checkout.repo, options=options)
-            verified = verify(
-                checkout, repository, last_applied=args.last_applied, settings=settings, keys=keys
-            )
-    except GitwardError as error:
-        print(f"REFUSED {error.reason}: {error.message}")
-        return 1
-    mode = "every commit since the last applied one" if tenant.verify.value == "all" else "the head"
+            print(f"branch policy: {args.branch!r} is allowed by {run.resolved.source.rule.url}")
+            keys = run.resolved.keys
+            print(f"trusted keys:  {len(keys.openpgp)} OpenPGP, {len(keys.ssh_signers)} SSH")
+            run_steps(run, start=Step.HEAD, stop_after=Step.TRUST)
+        except GitwardError as error:
+            print(f"REFUSED {error.reason}: {error.message}")
+            return 1
+    verified = run.verified
+    assert verified is not None  # noqa: S101 - the trust step ran
+    print(f"branch head:   {run.head} (refs/heads/{args.branch} only)")
+    mode = (
+        "every commit since the last applied one" if run.resolved.tenant.verify.value == "all" else "the head"
+    )
     print(f"signatures:    {len(verified.verified_commits)} commit(s) verified ({mode})")
     print(f"signer:        {verified.signer.format} {verified.signer.fingerprint} {verified.signer.identity}")
     print(f"OK {verified.commit} may be deployed for tenant {args.tenant}")
     return 0
 
 
-_VOLATILE = ("resourceVersion", "managedFields", "generation", "creationTimestamp", "uid")
-
-
-def _comparable(body: Mapping[str, Any] | None) -> dict[str, Any]:
-    if body is None:
-        return {}
-    clean = {k: v for k, v in body.items() if k != "status"}
-    clean["metadata"] = {k: v for k, v in (body.get("metadata") or {}).items() if k not in _VOLATILE}
-    return clean
-
-
 def _diff(args: argparse.Namespace) -> int:
-    """What the next apply would change, from a server-side dry-run as the tenant."""
+    """What the next apply would change: the operator's own steps up to the dry-run; writes nothing."""
     configuration = clients.load_configuration(args.kubeconfig)
     objects = Objects(clients.api_client(configuration))
     app = objects.get(
@@ -216,49 +203,32 @@ def _diff(args: argparse.Namespace) -> int:
     if app is None:
         print(f"GitOpsApp {args.namespace}/{args.app} not found", file=sys.stderr)
         return 1
-    status = app.get("status") or {}
     with tempfile.TemporaryDirectory(prefix="gitward-diff-") as cache:
-        options = git.FetchOptions(cache_root=Path(cache))
+        services = Services(
+            reader=KubeReader(objects.api, operator_namespace=args.operator_namespace),
+            operator=objects,
+            as_tenant=lambda namespace, account: Objects(
+                clients.impersonating(configuration, clients.ServiceAccountRef(namespace, account))
+            ),
+            fetch_options=git.FetchOptions(cache_root=Path(cache)),
+            kustomize_command=tuple(args.kustomize.split()),
+        )
+        run = Run(app=app, services=services, preview=True)
         try:
-            resolved, verified = reconcile.verified_source(
-                app,
-                reader=KubeReader(objects.api, operator_namespace=args.operator_namespace),
-                fetch_options=options,
-                last_applied=status.get("lastAppliedRevision"),
-            )
-            repo = git.Repository(verified.checkout.repo, options=options)
-            rendered = render_load(
-                repo, verified.commit, resolved.spec.source.path, kustomize_command=args.kustomize.split()
-            )
-            namespace = resolved.source.target_namespace
-            placed = policy_check(rendered.manifests, tenant=resolved.tenant, namespace=namespace)
-            tenant_objects = Objects(
-                clients.impersonating(
-                    configuration, clients.ServiceAccountRef(namespace, TENANT_SERVICE_ACCOUNT)
-                )
-            )
-            applier = Applier(tenant_objects, owner=owner_of(resolved.namespace, resolved.name))
-            previous = [ObjectRef.from_inventory(i) for i in status.get("inventory") or ()]
-            plan = applier.dry_run(placed, previous=previous if resolved.spec.prune else ())
+            run_steps(run, stop_after=Step.DRY_RUN)
         except GitwardError as error:
             print(f"REFUSED {error.reason}: {error.message}")
             return 1
-        rows = []
-        for body in plan.bodies:
-            ref = ObjectRef.of(body)
-            live = next(
-                (v for k, v in plan.existing.items() if (k.kind, k.name) == (ref.kind, ref.name)), None
-            )
-            would = tenant_objects.apply(body, field_manager="gitward", dry_run=True)
-            action = (
-                "create"
-                if live is None
-                else ("unchanged" if _comparable(would) == _comparable(live) else "update")
-            )
-            rows.append({"action": action, "kind": ref.kind, "namespace": ref.namespace, "name": ref.name})
-        rows += [
-            {"action": "prune", "kind": r.kind, "namespace": r.namespace, "name": r.name} for r in plan.prune
-        ]
+    plan, verified = run.plan, run.verified
+    assert plan is not None and verified is not None  # noqa: S101, PT018 - the dry-run step ran
+    rows = [
+        {"action": plan.action_of(body), "kind": ref.kind, "namespace": ref.namespace, "name": ref.name}
+        for body in plan.bodies
+        if (ref := ObjectRef.of(body))
+    ]
+    rows += [
+        {"action": "prune", "kind": r.kind, "namespace": r.namespace, "name": r.name} for r in plan.prune
+    ]
     print(f"commit {verified.commit} (signed by {verified.signer.fingerprint})", file=sys.stderr)
     _print(rows, ["action", "kind", "namespace", "name"], args.output)
     return 0

@@ -1,4 +1,4 @@
-"""kopf wiring, and nothing else: every decision lives in ``gitward.controller``.
+"""kopf wiring, and nothing else: every decision lives in ``gitward.reconcile``.
 
 Each GitOpsApp gets a daemon: it reconciles, then sleeps for the app's
 interval (plus up to 10% jitter, so apps do not poll in lockstep) or until
@@ -36,21 +36,24 @@ from typing import Any, TypeVar
 import kopf
 from aiohttp import web
 
-from gitward import controller, logs, metrics, webhook
+from gitward import logs, metrics, webhook
 from gitward.api import budgets, resources
 from gitward.api.conditions import ConditionType, Reason
+from gitward.api.refs import ObjectRef
 from gitward.api.resources import Trigger, parse_duration
 from gitward.errors import GitwardError, Stalled, Waiting
 from gitward.kube import clients
-from gitward.kube.objects import APIError, ObjectRef, Objects, classify
+from gitward.kube.objects import APIError, Objects
 from gitward.kube.reads import KubeReader
+from gitward.reconcile import app as reconcile
+from gitward.reconcile.decide import next_delay, step_of
+from gitward.reconcile.state import Services
+from gitward.reconcile.status import Action, Outcome
 from gitward.source import git
-from gitward.tenancy.baseline import TENANT_SERVICE_ACCOUNT
 
 FINALIZER = "gitward.dev/finalizer"
 REQUEST_ANNOTATION = "gitward.dev/reconcile-requested-at"
 GROUP, VERSION, PLURAL = resources.GROUP, resources.VERSION, resources.APP.plural
-MAX_BACKOFF_STEPS = 6
 _T = TypeVar("_T")
 _LOG = logging.getLogger(__name__)
 
@@ -172,7 +175,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.operator = operator
     memo.as_tenant = as_tenant
     memo.wakeups = {}
-    memo.services = controller.Services(
+    memo.services = Services(
         reader=KubeReader(operator.api, operator_namespace=config.namespace),
         operator=operator,
         as_tenant=as_tenant,
@@ -237,7 +240,7 @@ async def run_app(
     """Reconcile the app, sleep, repeat, until the app is deleted or the operator stops."""
     namespace = namespace or ""
     pending = _wakeup(memo, namespace, name)
-    services: controller.Services = memo.services
+    services: Services = memo.services
     pools: Pools = memo.pools
     ref = ObjectRef(GROUP, VERSION, resources.APP.kind, namespace, name)
     failures = 0
@@ -253,28 +256,27 @@ async def run_app(
                     return
                 tenant = str((body.get("spec") or {}).get("tenant") or "")
                 call = functools.partial(
-                    controller.reconcile_app, body, services, trigger=trigger, force=force
+                    reconcile.reconcile_app, body, services, trigger=trigger, force=force
                 )
                 outcome = await pools.run(f"tenant:{tenant}", call)
             except (GitwardError, APIError) as error:  # status could not be written: retry with backoff
                 log.warning("reconcile error", error=str(error))
-                reason = error.reason if isinstance(error, GitwardError) else Reason.APPLY_FORBIDDEN
-                outcome = controller.Outcome(controller.Action.DEPLOY, reason, ready=False, retry_after=15)
+                reason = error.reason if isinstance(error, GitwardError) else Reason.API_UNAVAILABLE
+                outcome = Outcome(Action.DEPLOY, reason, ready=False, retry_after=15)
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # noqa: BLE001 - the daemon outlives anything a reconcile raises
                 _LOG.exception("reconcile of %s/%s failed", namespace, name)
                 log.warning("reconcile error", error=type(error).__name__)
                 reason = Reason.RECONCILE_ERROR
-                outcome = controller.Outcome(controller.Action.DEPLOY, reason, ready=False, retry_after=30)
+                outcome = Outcome(Action.DEPLOY, reason, ready=False, retry_after=30)
             _observe(namespace, name, outcome, time.perf_counter() - started)
             interval = _interval(body) if body else 60.0
-            if outcome.retry_after is not None:
-                failures += 1
-                delay = min(interval, outcome.retry_after * 2 ** min(failures - 1, MAX_BACKOFF_STEPS))
-            else:
-                failures = 0
-                delay = interval * (1 + random.uniform(0, 0.1))  # noqa: S311 - jitter, not cryptography
+            failures = failures + 1 if outcome.retry_after is not None else 0
+            jitter = random.random()  # noqa: S311 - spreads polls apart, not cryptography
+            delay = next_delay(
+                interval=interval, retry_after=outcome.retry_after, failures=failures, jitter=jitter
+            )
             trigger, force = await _sleep(pending, stopped, delay)
     finally:
         memo.wakeups.pop((namespace, name), None)
@@ -304,30 +306,23 @@ def _interval(body: dict[str, Any]) -> float:
         return 60.0
 
 
-def _observe(namespace: str, name: str, outcome: controller.Outcome, seconds: float) -> None:
+def _observe(namespace: str, name: str, outcome: Outcome, seconds: float) -> None:
     metrics.RECONCILE_SECONDS.labels(namespace, name).observe(seconds)
     metrics.RECONCILES.labels(str(outcome.action), str(outcome.reason)).inc()
-    verifying = controller.step_of(outcome.reason) is ConditionType.SOURCE_VERIFIED
-    if outcome.action is not controller.Action.SKIP and verifying and outcome.reason is not Reason.SUCCEEDED:
+    verifying = step_of(outcome.reason) is ConditionType.SOURCE_VERIFIED
+    if outcome.action is not Action.SKIP and verifying and outcome.reason is not Reason.SUCCEEDED:
         metrics.VERIFICATION_FAILURES.labels(str(outcome.reason)).inc()
-    if outcome.ready and outcome.action is controller.Action.DEPLOY:
+    if outcome.ready and outcome.action is Action.DEPLOY:
         metrics.LAST_APPLIED.labels(namespace, name).set_to_current_time()
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 def delete_app(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """The finalizer: with ``prune: true``, delete what the app owns, as its tenant."""
-    spec = body.get("spec") or {}
-    if not spec.get("prune", True):
-        return
-    inventory = [ObjectRef.from_inventory(item) for item in (body.get("status") or {}).get("inventory") or ()]
-    target = spec.get("targetNamespace") or body.metadata.namespace
-    tenant_objects: Objects = memo.as_tenant(target, TENANT_SERVICE_ACCOUNT)
-    for ref in reversed(inventory):
-        try:
-            tenant_objects.delete(ref)
-        except APIError as error:
-            raise to_kopf(classify(error, ref=ref, dry_run=False)) from None
+    """The finalizer: with ``prune: true``, delete what the app owns, as its tenant, with the same checks."""
+    try:
+        reconcile.prune_on_delete(dict(body), memo.services)
+    except GitwardError as error:
+        raise to_kopf(error) from None
 
 
 def to_kopf(error: GitwardError) -> Exception:

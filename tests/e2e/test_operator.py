@@ -3,7 +3,10 @@
 `gitward run` watches the real API server; repositories are served over
 HTTPS by git http-backend on loopback; commits are signed with real SSH
 keys. Every flow is observed only through the cluster: status, records,
-Events and the applied objects.
+Events and the applied objects. Nothing waits a fixed time: a test waits for
+the status write, record or metric that proves what it asserts on, and every
+"nothing happened" waits first for a reconcile that ran after the action
+(``gitward_reconcile_duration_seconds_count`` of the app, on /metrics).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from support.metrics import reconciles, wait_for_reconciles
 from support.operator import WEBHOOK_SECRET, OperatorProcess, World, push_payload
 from support.pipeline import configmap, deployment
 from support.toolpaths import kubectl_binary
@@ -49,6 +53,29 @@ def deployed(world: World, files: dict[str, str] | None = None, **spec: str) -> 
 def refused(world: World, reason: str, timeout: float = 60) -> dict:
     return wait_until(lambda: world.ready() if world.ready().get("reason") == reason else None, timeout=timeout,
                       what=f"Ready reason {reason}")  # fmt: skip
+
+
+def rolled_back(world: World, commit: str, timeout: float = 60) -> dict:
+    """Wait until the status write of a rollback to ``commit`` is seen; return that status."""
+
+    def status() -> dict | None:
+        current = world.status()
+        return current if (current.get("rollback") or {}).get("commit") == commit else None
+
+    return wait_until(status, timeout=timeout, what=f"status.rollback naming {commit[:12]}")
+
+
+def started_since(operator: OperatorProcess, world: World, timeout: float = 60) -> None:
+    """Wait until a reconcile that started after now has finished: the second to finish from here.
+
+    The first may be one already running (started before whatever the caller just did).
+    """
+    wait_for_reconciles(operator, world, after=reconciles(operator, world), n=2, timeout=timeout)
+
+
+def finished(operator: OperatorProcess, world: World, timeout: float = 60) -> None:
+    """Wait until the reconcile whose status write was just seen has finished (or, if it had, the next one)."""
+    wait_for_reconciles(operator, world, after=reconciles(operator, world), n=1, timeout=timeout)
 
 
 def gitward_cli(operator: OperatorProcess, *args: str) -> subprocess.CompletedProcess[str]:
@@ -117,7 +144,7 @@ def test_a_poll_with_nothing_new_writes_nothing_and_diff_previews(operator, worl
     )
     version = world.app()["metadata"]["resourceVersion"]
     records = len(world.records())
-    time.sleep(13)  # the interval is 10s
+    started_since(operator, world)  # a poll that began after the reads above (the interval is 10s)
     assert world.app()["metadata"]["resourceVersion"] == version
     assert len(world.records()) == records
     world.patch_app({"source": {"interval": "1h"}})
@@ -138,13 +165,14 @@ def test_a_poll_with_nothing_new_writes_nothing_and_diff_previews(operator, worl
 
 def test_suspend_stops_reconciling(operator, world):
     """suspend: true reports Suspended and applies nothing until it is cleared."""
-    deployed(world)
+    first = deployed(world)
     world.patch_app({"suspend": True})
     refused(world, "Suspended")
     second = push(world, {"deploy/config.yaml": configmap("settings", v="2")})
     wake(operator, world, second)
-    time.sleep(3)
+    started_since(operator, world)  # a reconcile that saw the new commit and the wake-up
     assert world.configmap("settings") == {"v": "1"}
+    assert world.status()["lastAppliedRevision"] == first
     world.patch_app({"suspend": False})
     applied(world, second)
 
@@ -159,14 +187,17 @@ def test_unsigned_and_force_push_are_refused_and_change_nothing(operator, world)
     unsigned = push(world, {"deploy/config.yaml": configmap("settings", v="evil")}, sign=False)
     wake(operator, world, unsigned)
     ready = refused(world, "UnsignedCommit")
+    finished(operator, world)  # the refusing reconcile is over
     assert unsigned in ready["message"]
     assert world.configmap("settings") == {"v": "2"}
-    assert world.records()[-1]["spec"]["outcome"] == "Refused"
+    assert [world.records()[-1]["spec"][key] for key in ("commit", "outcome")] == [unsigned, "Refused"]
 
     world.work.git("reset", "-q", "--hard", first)
     world.work.push(force=True)
     wake(operator, world, first)
     refused(world, "NonFastForward")
+    finished(operator, world)
+    assert [world.records()[-1]["spec"][key] for key in ("commit", "outcome")] == [first, "Refused"]
     assert world.configmap("settings") == {"v": "2"}
     assert world.status()["lastAppliedRevision"] == second
 
@@ -186,15 +217,18 @@ def test_revert_and_rollback_to(operator, world):
 
     rolled = gitward_cli(operator, "rollback", "web", "-n", world.namespace, "--to", second[:10])
     assert rolled.returncode == 0, rolled.stderr
-    wait_until(lambda: world.configmap("settings") == {"v": "2"}, timeout=60, what="the rollback")
-    status = world.status()
-    assert status["rollback"] == {"commit": second, "heldAtHead": reverted, "released": False}
+    # The apply comes before the record and the status write: wait for the write, not the ConfigMap.
+    status = rolled_back(world, second)
+    held = {"commit": second, "heldAtHead": reverted, "released": False}
+    assert status["rollback"] == held
+    assert world.configmap("settings") == {"v": "2"}
     assert world.records()[-1]["spec"]["trigger"] == "rollback"
     count = len(world.records())
     wake(operator, world, reverted)
-    time.sleep(3)
+    started_since(operator, world)  # a reconcile that saw the wake-up, at the same head
     assert world.configmap("settings") == {"v": "2"}
     assert len(world.records()) == count
+    assert world.status()["rollback"] == held
 
     moved = push(world, {"deploy/config.yaml": configmap("settings", v="3")})
     wake(operator, world, moved)
@@ -251,12 +285,16 @@ def test_a_restarted_operator_resumes_without_duplicates(
         with OperatorProcess(
             kubeconfig, operator_namespace, operator.cache_dir, tmp_path / "second.log"
         ) as again:
-            wake(again, world, second)
+            # No webhook: the restarted operator finds the new commit on its own (its first reconcile);
+            # a wake-up sent once that reconcile is over would be a new, forced attempt of its own.
             applied(world, second)
-            time.sleep(2)
+            finished(again, world)  # the reconcile that applied is over before the kill
+            assert [r["spec"]["commit"] for r in world.records()] == [first, second]
             again.stop(kill=True)
-        with OperatorProcess(kubeconfig, operator_namespace, operator.cache_dir, tmp_path / "third.log"):
-            time.sleep(5)
+        with OperatorProcess(
+            kubeconfig, operator_namespace, operator.cache_dir, tmp_path / "third.log"
+        ) as third:
+            wait_for_reconciles(third, world, after=0)  # a new process counts from 0: its first reconcile
             commits = [r["spec"]["commit"] for r in world.records()]
             assert commits == [first, second]
             assert world.configmap("settings") == {"v": "2"}

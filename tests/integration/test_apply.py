@@ -13,14 +13,15 @@ import yaml
 from kubernetes import client
 
 from gitward.api.conditions import Reason
+from gitward.api.refs import ObjectRef
 from gitward.api.resources import ChangeAction
 from gitward.apply.inventory import OWNER_ANNOTATION
 from gitward.apply.run import Applier
 from gitward.errors import GitwardError
-from gitward.kube.objects import APIError, ObjectRef
+from gitward.fence.baseline import TENANT_SERVICE_ACCOUNT
+from gitward.kube.objects import APIError
 from gitward.render.limits import Limits
 from gitward.render.manifests import Manifest
-from gitward.tenancy.baseline import TENANT_SERVICE_ACCOUNT
 from support.kube import temporary_namespace
 from support.pipeline import Harness, configmap, deployment, snapshot
 from support.waiting import wait_until

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from gitward.api.conditions import Reason
+from gitward.api.refs import ObjectRef
 from gitward.errors import Stalled
-from gitward.kube.objects import APIError, ObjectRef, Objects
+from gitward.kube.objects import APIError, Objects
 
 pytestmark = pytest.mark.cluster
 

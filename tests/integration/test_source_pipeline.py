@@ -1,6 +1,6 @@
 """The source half of the pipeline end to end: tenant and keys from the real API, git over HTTPS.
 
-``reconcile.verified_source`` resolves the app against its GitOpsTenant (read
+The operator's own steps (``gitward.reconcile.steps``, resolve to trust) resolve the app against its GitOpsTenant (read
 from the API server), fetches with the credentials from the app's Secret,
 and verifies signatures with the keys from the tenant's ConfigMaps. Every
 refusal raises; nothing from a refused commit reaches a later step.
@@ -15,11 +15,14 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from gitward import reconcile
 from gitward.api import resources
 from gitward.api.conditions import Reason
 from gitward.errors import GitwardError
+from gitward.kube.objects import Objects
 from gitward.kube.reads import KubeReader
+from gitward.reconcile.state import Run, Services
+from gitward.reconcile.status import Step
+from gitward.reconcile.steps import run_steps
 from gitward.source import git
 from gitward.trust.verify import VerifiedSource
 from support.gitservers import HttpsGitServer
@@ -117,10 +120,15 @@ def run_pipeline(
 ) -> list[VerifiedSource]:
     """Run the source half, and hand its result to a stand-in for the later steps."""
     handed_on: list[VerifiedSource] = []
-    _, verified = reconcile.verified_source(
-        app, reader=world["reader"], fetch_options=world["options"], last_applied=last_applied
+    reader: KubeReader = world["reader"]
+    objects = Objects(reader.api)
+    services = Services(
+        reader=reader, operator=objects, as_tenant=lambda _ns, _sa: objects, fetch_options=world["options"]
     )
-    handed_on.append(verified)
+    run = Run(app={**app, "status": {"lastAppliedRevision": last_applied or ""}}, services=services)
+    run_steps(run, stop_after=Step.TRUST)
+    assert run.verified is not None
+    handed_on.append(run.verified)
     return handed_on
 
 

@@ -21,8 +21,9 @@ from typing import Any, Self
 from kubernetes import client
 
 from gitward.api import resources
+from gitward.api.refs import ObjectRef
 from gitward.history.store import list_records
-from gitward.kube.objects import ObjectRef, Objects
+from gitward.kube.objects import Objects
 from support.gitservers import HttpsGitServer, free_port
 from support.signing import SshIdentity, WorkRepo
 from support.toolpaths import kubectl_binary

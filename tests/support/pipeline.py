@@ -10,17 +10,24 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from kubernetes import client
 
-from gitward import reconcile
 from gitward.api.conditions import Reason
+from gitward.api.refs import ObjectRef
+from gitward.apply.run import ApplyResult
 from gitward.errors import Stalled
 from gitward.kube import clients
-from gitward.kube.objects import ObjectRef, Objects
+from gitward.kube.objects import Objects
+from gitward.reconcile.state import Run, Services
+from gitward.reconcile.status import Step
+from gitward.reconcile.steps import run_steps
+from gitward.render.limits import Limits
+from gitward.render.manifests import Manifest
 from gitward.source import git
 from support.signing import SshIdentity, WorkRepo
 from support.toolpaths import kubectl_binary
@@ -78,6 +85,24 @@ class _Reader:
 
     def secret_data(self, namespace: str, name: str) -> Mapping[str, bytes]:  # noqa: ARG002
         raise Stalled(Reason.FETCH_FAILED, "no secrets in this harness")
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """A run through the steps, and the health failure if the commit was applied but never became healthy."""
+
+    run: Run
+    unhealthy: Stalled | None
+
+    @property
+    def result(self) -> ApplyResult:
+        assert self.run.result is not None
+        return self.run.result
+
+    @property
+    def manifests(self) -> tuple[Manifest, ...]:
+        assert self.run.rendered is not None
+        return self.run.rendered.manifests
 
 
 class Harness:
@@ -159,23 +184,39 @@ class Harness:
         self.work.push()
         return commit
 
-    def deploy(self, **kwargs: Any) -> reconcile.Deployed:
-        resolved, verified = reconcile.verified_source(
-            self.app(), reader=_Reader(self), fetch_options=self.options, last_applied=self.last_applied
-        )
-        deployed = reconcile.deploy(
-            resolved,
-            verified,
+    def deploy(
+        self,
+        *,
+        wait: bool = True,
+        limits: Limits | None = None,
+        operator_account: clients.ServiceAccountRef | None = None,
+    ) -> Deployed:
+        """Run the operator's own steps (gitward.reconcile.steps) from resolve to health, as the operator does."""
+        services = Services(
+            reader=_Reader(self),
             operator=self.operator,
             as_tenant=self.as_tenant,
             fetch_options=self.options,
-            previous_inventory=self.inventory,
             kustomize_command=(kubectl_binary(), "kustomize"),
-            **kwargs,
+            operator_account=operator_account,
         )
-        self.last_applied = verified.commit
-        self.inventory = deployed.result.inventory
-        return deployed
+        status = {
+            "lastAppliedRevision": self.last_applied or "",
+            "inventory": [ref.to_inventory() for ref in self.inventory],
+        }
+        run = Run(app={**self.app(), "status": status}, services=services, limits=limits)
+        unhealthy = None
+        try:
+            run_steps(run, stop_after=Step.HEALTH if wait else Step.APPLY)
+        except Stalled as error:
+            if run.step is not Step.HEALTH:
+                raise
+            unhealthy = error
+        assert run.verified is not None
+        assert run.result is not None
+        self.last_applied = run.verified.commit
+        self.inventory = run.result.inventory
+        return Deployed(run, unhealthy)
 
 
 SNAPSHOT_KINDS = (

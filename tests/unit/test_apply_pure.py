@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from gitward.api.conditions import Reason
+from gitward.api.refs import ObjectRef
 from gitward.apply.inventory import PruneGuard, check_guard, to_prune
 from gitward.apply.order import in_tiers, prune_order
 from gitward.errors import Stalled
-from gitward.kube.objects import ObjectRef
 from gitward.render.manifests import Manifest
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gitward.controller import Action, decide
+from gitward.api.conditions import ConditionType, Reason
+from gitward.reconcile.decide import conditions_for_failure, decide, next_delay
+from gitward.reconcile.status import Action, AppStatus
 
 A, B, C = "a" * 40, "b" * 40, "c" * 40
 
@@ -32,4 +34,44 @@ def status(**fields):
 )  # fmt: skip
 def test_decide(state, head, generation, rollback_to, force, expected):
     """Each combination of status, head, generation and rollback request has one action."""
-    assert decide(state, generation=generation, head=head, rollback_to=rollback_to, force=force) is expected
+    parsed = AppStatus.parse(state)
+    assert decide(parsed, generation=generation, head=head, rollback_to=rollback_to, force=force) is expected
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "failures", "jitter", "expected"),
+    [
+        (None, 0, 0.0, 60.0),  # healthy: the interval
+        (None, 0, 0.99, 60.0 * 1.099),  # plus up to 10% jitter, so apps do not poll in lockstep
+        (15.0, 1, 0.5, 15.0),  # first failure: the error's own delay
+        (15.0, 2, 0.5, 30.0),  # then doubling
+        (15.0, 3, 0.5, 60.0),  # capped by the interval
+        (15.0, 50, 0.5, 60.0),
+    ],
+)
+def test_next_delay_backs_off_up_to_the_interval(retry_after, failures, jitter, expected):
+    """Transient failures back off exponentially from the error's delay, never past the interval."""
+    delay = next_delay(interval=60.0, retry_after=retry_after, failures=failures, jitter=jitter)
+    assert delay == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("reason", "condition"),
+    [
+        (Reason.SOURCE_TOO_LARGE, ConditionType.SOURCE_VERIFIED),
+        (Reason.SOURCE_REJECTED, ConditionType.SOURCE_VERIFIED),
+        (Reason.UNSIGNED_COMMIT, ConditionType.SOURCE_VERIFIED),
+        (Reason.RENDER_TOO_LARGE, ConditionType.VALIDATED),
+        (Reason.YAML_REJECTED, ConditionType.VALIDATED),
+        (Reason.DRY_RUN_FAILED, ConditionType.APPLIED),
+        (Reason.API_UNAVAILABLE, ConditionType.APPLIED),
+        (Reason.RECONCILE_ERROR, ConditionType.APPLIED),
+        (Reason.HEALTH_TIMEOUT, ConditionType.HEALTHY),
+    ],
+)
+def test_each_reason_fails_its_own_step(reason, condition):
+    """A failure sets the condition of the step it belongs to False, and every earlier step True."""
+    conditions = conditions_for_failure(reason, "why", 3)
+    assert conditions[-1].type is condition
+    assert conditions[-1].reason is reason
+    assert all(c.status.value == "True" for c in conditions[:-1])

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gitward.kube.objects import APIError, InvalidPathSegment, ObjectRef, Objects, Resource
+from gitward.api.refs import ObjectRef
+from gitward.kube.objects import APIError, InvalidPathSegment, Objects, Resource
 
 SECRETS = Resource("", "v1", "Secret", "secrets", namespaced=True)
 DEPLOYMENTS = Resource("apps", "v1", "Deployment", "deployments", namespaced=True)

@@ -73,6 +73,8 @@ class Reason(enum.StrEnum):
     ROLLED_BACK = "RolledBack"
     ROLLBACK_NOT_ALLOWED = "RollbackNotAllowed"  # rollbackTo names a commit with no successful record
     SUSPENDED = "Suspended"
+    # The operator's own surroundings
+    API_UNAVAILABLE = "APIUnavailable"  # the Kubernetes API did not answer, or answered 429/5xx: retried
     # Anything the pipeline did not foresee: reported, never allowed to kill the app's daemon
     RECONCILE_ERROR = "ReconcileError"
 

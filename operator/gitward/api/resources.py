@@ -41,7 +41,11 @@ KINDS: Final = (TENANT, APP, REVISION)
 
 
 class InvalidResourceError(ValueError):
-    """A resource body that does not match the contract (the CRD would refuse it)."""
+    """A resource body that does not match the contract (the CRD would refuse it); ``field`` names where."""
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class VerifyMode(enum.StrEnum):
@@ -190,7 +194,7 @@ def _strings(value: object, where: str) -> tuple[str, ...]:
 def _required_str(body: Mapping[str, Any], key: str, where: str) -> str:
     value = body.get(key)
     if not isinstance(value, str) or not value:
-        raise InvalidResourceError(f"{where}.{key} is required")
+        raise InvalidResourceError(f"{where}.{key} is required", field=f"{where}.{key}")
     return value
 
 

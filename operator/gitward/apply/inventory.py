@@ -1,6 +1,6 @@
 """What an app owns, what a commit would prune, and the guard against pruning everything.
 
-Pure: inventories are lists of :class:`~gitward.kube.objects.ObjectRef`.
+Pure: inventories are lists of :class:`~gitward.api.refs.ObjectRef`.
 A commit that renders nothing, or that would delete more than a set share
 of what the app owns, is far more often a mistake (a wrong path, a broken
 generator, a bad merge) than an intent, so it is refused as ``EmptySource``
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gitward.api.conditions import Reason
+from gitward.api.refs import ObjectRef
 from gitward.errors import Stalled
-from gitward.kube.objects import ObjectRef
 
 OWNER_ANNOTATION = "gitward.dev/owner"
 MANAGED_LABEL = "gitward.dev/managed-by"

@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from gitward.api.conditions import Reason
+from gitward.api.refs import ObjectRef
 from gitward.api.resources import ChangeAction
 from gitward.apply import health, order
 from gitward.apply.inventory import MANAGED_LABEL, OWNER_ANNOTATION, PruneGuard, check_guard, to_prune
 from gitward.errors import GitwardError, Stalled
-from gitward.kube.objects import APIError, ObjectRef, Objects, classify, server_message
+from gitward.kube.objects import APIError, Objects, classify, server_message
 from gitward.render.manifests import Manifest
 
 FIELD_MANAGER = "gitward"
@@ -68,6 +69,15 @@ class Plan:
     existing: Mapping[ObjectRef, Mapping[str, Any]]
     prune: tuple[ObjectRef, ...]
     origins: Mapping[ObjectRef, str] = field(default_factory=dict)
+    would: Mapping[ObjectRef, Mapping[str, Any]] = field(default_factory=dict)  # the dry-run's answers
+
+    def action_of(self, body: Mapping[str, Any]) -> str:
+        """``create``, ``update`` or ``unchanged``: what applying ``body`` would do, from the dry-run."""
+        key = _key(ObjectRef.of(body))
+        live = self.existing.get(key)
+        if live is None:
+            return "create"
+        return "unchanged" if _comparable(self.would.get(key)) == _comparable(live) else "update"
 
     @property
     def inventory(self) -> tuple[ObjectRef, ...]:
@@ -170,10 +180,10 @@ class Applier:
             if live is not None and self._owner_problem(ref, live) is None:
                 prunable.append(ref)
 
-        def try_apply(body: Mapping[str, Any]) -> None:
+        def try_apply(body: Mapping[str, Any]) -> Mapping[str, Any]:
             ref = ObjectRef.of(body)
             try:
-                self.objects.apply(body, field_manager=FIELD_MANAGER, dry_run=True)
+                return self.objects.apply(body, field_manager=FIELD_MANAGER, dry_run=True)
             except APIError as error:
                 raise _with_origin(classify(error, ref=ref, dry_run=True), origins.get(_key(ref))) from None
 
@@ -183,12 +193,16 @@ class Applier:
             except APIError as error:
                 raise classify(error, ref=ref, dry_run=True) from None
 
-        failures.extend(r for _, r in self._parallel(bodies, try_apply) if isinstance(r, GitwardError))
+        applied = self._parallel(bodies, try_apply)
+        failures.extend(r for _, r in applied if isinstance(r, GitwardError))
+        would = {_key(ObjectRef.of(body)): r for body, r in applied if not isinstance(r, GitwardError)}
         failures.extend(r for _, r in self._parallel(prunable, try_delete) if isinstance(r, GitwardError))
         if failures:
             failures.sort(key=lambda f: f.reason != Reason.APPLY_FORBIDDEN)
             raise _summarize(failures, "refused by the dry-run")
-        return Plan(bodies=tuple(bodies), existing=existing, prune=tuple(prunable), origins=origins)
+        return Plan(
+            bodies=tuple(bodies), existing=existing, prune=tuple(prunable), origins=origins, would=would
+        )
 
     def apply(self, plan: Plan) -> ApplyResult:
         """Write the plan's objects tier by tier, then prune; return what changed."""
@@ -221,6 +235,16 @@ class Applier:
         changes.extend(self.prune(plan.prune))
         return ApplyResult(changes=tuple(changes), inventory=plan.inventory)
 
+    def prune_owned(self, refs: Sequence[ObjectRef]) -> list[Change]:
+        """Delete those of ``refs`` that exist and belong to this app (an app being deleted); nothing else."""
+        existing = self._existing(refs)
+        owned = [
+            ref
+            for ref in refs
+            if (live := existing.get(_key(ref))) is not None and self._owner_problem(ref, live) is None
+        ]
+        return self.prune(owned)
+
     def prune(self, refs: Sequence[ObjectRef]) -> list[Change]:
         """Delete objects that left the inventory, workloads before what they use."""
         changes = []
@@ -232,6 +256,18 @@ class Applier:
             except APIError as error:
                 raise classify(error, ref=ref, dry_run=False) from None
         return changes
+
+
+_VOLATILE = ("resourceVersion", "managedFields", "generation", "creationTimestamp", "uid")
+
+
+def _comparable(body: Mapping[str, Any] | None) -> dict[str, Any]:
+    """An object without what the server changes on every write, to compare two versions of it."""
+    if body is None:
+        return {}
+    clean = {k: v for k, v in body.items() if k != "status"}
+    clean["metadata"] = {k: v for k, v in (body.get("metadata") or {}).items() if k not in _VOLATILE}
+    return clean
 
 
 def _split(api_version: str) -> tuple[str, str]:

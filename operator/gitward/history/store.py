@@ -12,6 +12,7 @@ from typing import Any
 
 from gitward import logs
 from gitward.api import resources
+from gitward.api.refs import ObjectRef
 from gitward.history.records import (
     APP_LABEL,
     Attempt,
@@ -21,7 +22,7 @@ from gitward.history.records import (
     spec_digest,
     to_remove,
 )
-from gitward.kube.objects import ObjectRef, Objects
+from gitward.kube.objects import Objects
 
 REVISION_API = resources.API_VERSION
 EVENT_MESSAGE_LIMIT = 1024

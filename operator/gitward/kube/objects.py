@@ -22,6 +22,7 @@ from kubernetes.client import ApiException
 from urllib3.exceptions import HTTPError
 
 from gitward.api.conditions import Reason
+from gitward.api.refs import ObjectRef
 from gitward.errors import GitwardError, Stalled, Waiting, truncate
 
 _NOT_FOUND = 404
@@ -52,60 +53,6 @@ class Resource:
         scope = f"/namespaces/{path_segment(namespace, 'namespace')}" if self.namespaced and namespace else ""
         tail = f"/{path_segment(name, 'name')}" if name is not None else ""
         return f"{base}{scope}/{path_segment(self.plural, 'resource')}{tail}"
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectRef:
-    """One object by kind and name, as kept in an app's inventory."""
-
-    group: str
-    version: str
-    kind: str
-    namespace: str
-    name: str
-
-    @classmethod
-    def of(cls, obj: Mapping[str, Any]) -> ObjectRef:
-        """The reference of an object body."""
-        group, _, version = str(obj.get("apiVersion", "")).rpartition("/")
-        metadata = obj.get("metadata") or {}
-        return cls(
-            group,
-            version,
-            str(obj.get("kind", "")),
-            str(metadata.get("namespace", "")),
-            str(metadata.get("name") or metadata.get("generateName") or ""),
-        )
-
-    @classmethod
-    def from_inventory(cls, item: Mapping[str, Any]) -> ObjectRef:
-        """Parse an entry of ``status.inventory``."""
-        return cls(
-            str(item.get("group", "")),
-            str(item.get("version", "")),
-            str(item["kind"]),
-            str(item.get("namespace", "")),
-            str(item["name"]),
-        )
-
-    def to_inventory(self) -> dict[str, str]:
-        """The ``status.inventory`` entry."""
-        return {
-            "group": self.group,
-            "version": self.version,
-            "kind": self.kind,
-            "namespace": self.namespace,
-            "name": self.name,
-        }
-
-    @property
-    def api_version(self) -> str:
-        """``group/version`` or ``version``."""
-        return f"{self.group}/{self.version}" if self.group else self.version
-
-    def __str__(self) -> str:
-        kind = f"{self.kind}.{self.group}" if self.group else self.kind
-        return f"{kind} {self.namespace}/{self.name}" if self.namespace else f"{kind} {self.name}"
 
 
 class APIError(Exception):

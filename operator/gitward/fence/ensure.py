@@ -1,17 +1,18 @@
-"""``tenancy.ensure_namespace``: apply a tenant namespace's fence, idempotently, as the operator."""
+"""``fence.ensure_namespace``: apply a tenant namespace's fence, idempotently, as the operator."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+from gitward.api.refs import ObjectRef
 from gitward.api.resources import TenantSpec
+from gitward.fence import baseline
 from gitward.kube.clients import ServiceAccountRef
-from gitward.kube.objects import APIError, ObjectRef, Objects
+from gitward.kube.objects import APIError, Objects
 from gitward.policy.kinds import KNOWN, KindInfo, allowed_set
-from gitward.tenancy import baseline
 
-FIELD_MANAGER = "gitward-tenancy"
+FIELD_MANAGER = "gitward-tenancy"  # kept: live objects already carry this manager
 
 
 def ensure_namespace(

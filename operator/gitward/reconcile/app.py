@@ -1,0 +1,356 @@
+"""One attempt at one GitOpsApp: decide, run the steps, then record and write status, once, at the end.
+
+:func:`reconcile_app` is the only caller of the pipeline in the operator
+(``handlers`` calls it from a daemon per app). It runs ``resolve`` and
+``head``, lets the pure :func:`~gitward.reconcile.decide.decide` choose
+skip, hold, deploy or roll back, runs the remaining steps, and turns what
+happened into a :class:`Finish`: the records of the attempt (one; two
+when an unhealthy commit is rolled back automatically), the conditions
+and the status fields. :func:`_finish` writes them in one place, on
+success and on every error. Errors are handled by their type: ``Waiting``
+is retried with backoff and writes no revision; ``Stalled`` is refused,
+recorded once for that head and not retried until the head or the spec
+changes; anything else is ``ReconcileError``, so no input can kill the
+app's daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gitward.api.conditions import (
+    STEP_CONDITIONS,
+    Condition,
+    ConditionType,
+    Reason,
+    Status,
+    merge_conditions,
+    summarize_ready,
+)
+from gitward.api.resources import Trigger
+from gitward.errors import GitwardError, Stalled, Waiting
+from gitward.history import store
+from gitward.history.records import Attempt
+from gitward.history.records import Outcome as RecordOutcome
+from gitward.reconcile import rollback, steps
+from gitward.reconcile.decide import conditions_for_failure, conditions_from, conditions_succeeded, decide
+from gitward.reconcile.resolve import ResolvedApp, resolve
+from gitward.reconcile.state import Run, Services
+from gitward.reconcile.status import Action, Outcome, Step
+from gitward.reconcile.steps import run_steps
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class Finish:
+    """What an attempt leaves behind: records, conditions, status fields, and what the caller learns."""
+
+    outcome: Outcome
+    conditions: list[Condition] = field(default_factory=list)
+    fields: dict[str, Any] = field(default_factory=dict)
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def reconcile_app(
+    app: Mapping[str, Any], services: Services, *, trigger: Trigger = Trigger.POLL, force: bool = False
+) -> Outcome:
+    """Reconcile one GitOpsApp: decide, deploy or roll back, then record and write status once."""
+    run = Run(app=app, services=services, trigger=trigger, force=force)
+    finish = _suspended(run) if run.spec.get("suspend") else _attempt(run)
+    _finish(run, finish)
+    return finish.outcome
+
+
+def _suspended(run: Run) -> Finish:
+    outcome = Outcome(Action.SKIP, Reason.SUSPENDED, ready=False)
+    if run.status.ready_reason is Reason.SUSPENDED and run.status.observed_generation == run.generation:
+        return Finish(outcome)
+    suspended = "reconciliation is suspended (spec.suspend)"
+    ready = Condition(ConditionType.READY, Status.FALSE, Reason.SUSPENDED, suspended, run.generation)
+    return Finish(outcome, conditions=[ready])
+
+
+def _attempt(run: Run) -> Finish:
+    try:
+        run_steps(run, stop_after=Step.HEAD)
+        resolved = run.require_resolved()
+        action = decide(
+            run.status,
+            generation=run.generation,
+            head=run.head,
+            rollback_to=resolved.spec.rollback_to,
+            force=run.force,
+        )
+        if action in (Action.SKIP, Action.HOLD):
+            reason = run.status.ready_reason or Reason.SUCCEEDED
+            return Finish(Outcome(action, reason, ready=run.status.ready, commit=run.head))
+        run_steps(run, start=Step.FETCH, stop_after=Step.FETCH)
+        if action is Action.ROLLBACK:
+            return _roll_back(run, resolved.spec.rollback_to)
+        return _deploy(run)
+    except Waiting as error:
+        return _waiting(run, error)
+    except Stalled as error:
+        return _refused(run, error)
+    except Exception as error:  # noqa: BLE001 - no input may kill the app's daemon; the cause is logged
+        _LOG.exception("unexpected error reconciling %s/%s", run.namespace, run.name)
+        at = f" {run.head[:12]}" if run.head else ""
+        message = f"unexpected {type(error).__name__} while reconciling{at}; the operator log has the details"
+        return Finish(
+            Outcome(Action.DEPLOY, Reason.RECONCILE_ERROR, ready=False, retry_after=30, commit=run.head),
+            conditions=conditions_for_failure(Reason.RECONCILE_ERROR, message, run.generation),
+        )
+
+
+def _deploy(run: Run) -> Finish:
+    """The branch head, through trust to health; a hold at an earlier rollback ends here."""
+    held = run.status.hold
+    release = {"rollback": {**held.to_status(), "released": True}} if held else {}
+    return _deliver(run, trigger=run.trigger, attempted=run.head, extra=release)
+
+
+def _roll_back(run: Run, target: str) -> Finish:
+    """``spec.rollbackTo``: re-verified, applied, then held until the branch moves on."""
+    try:
+        rollback.check_target(run, target)
+    except Stalled as error:
+        return _refused(run, error, commit=target, trigger=Trigger.ROLLBACK, attempted=run.head)
+    run.target = target
+    hold = rollback.hold_for(run, target)
+    message = f"rolled back to {target[:12]}; held there until the branch moves past {run.head[:12]}"
+    return _deliver(
+        run,
+        trigger=Trigger.ROLLBACK,
+        attempted=run.head,
+        extra={"rollback": hold.to_status()},
+        success=message,
+    )
+
+
+def _deliver(
+    run: Run, *, trigger: Trigger, attempted: str, extra: Mapping[str, Any], success: str = ""
+) -> Finish:
+    """Trust, render, policy, dry-run, apply and health for ``run.target`` (or the head)."""
+    commit = run.target or run.head
+    try:
+        run_steps(run, start=Step.TRUST)
+    except Waiting as error:
+        return _waiting(run, error)
+    except Stalled as error:
+        if run.step is Step.HEALTH and run.result is not None:
+            return _unhealthy(run, error, trigger=trigger)
+        return _refused(run, error, commit=commit, trigger=trigger, attempted=attempted)
+    verified = run.verified
+    rendered = run.rendered
+    assert verified is not None and rendered is not None and run.result is not None  # noqa: S101, PT018
+    message = success or f"applied {verified.commit[:12]}, signed by {verified.signer.fingerprint}"
+    record = _record_fields(run, trigger) | {
+        "outcome": RecordOutcome.APPLIED,
+        "reason": Reason.SUCCEEDED,
+        "message": message,
+    }
+    return Finish(
+        Outcome(Action.DEPLOY, Reason.SUCCEEDED, ready=True, commit=verified.commit),
+        conditions=conditions_succeeded(message, run.generation),
+        fields={
+            "lastAppliedRevision": verified.commit,
+            "lastAttemptedRevision": attempted,
+            "lastHealthyRevision": verified.commit,
+            "lastAppliedDigest": rendered.digest,
+            "inventory": [ref.to_inventory() for ref in run.result.inventory],
+            **extra,
+        },
+        records=[record],
+    )
+
+
+def _unhealthy(run: Run, failure: Stalled, *, trigger: Trigger) -> Finish:
+    """Applied but never healthy: record it, and roll back to the last healthy commit if the app wants."""
+    resolved = run.require_resolved()
+    assert run.verified is not None and run.result is not None  # noqa: S101, PT018 - the health step ran
+    failed = run.verified.commit
+    failed_record = _record_fields(run, trigger) | {
+        "outcome": RecordOutcome.FAILED,
+        "reason": failure.reason,
+        "message": failure.message,
+    }
+    inventory = [ref.to_inventory() for ref in run.result.inventory]
+    stuck = {"lastAppliedRevision": failed, "lastAttemptedRevision": failed, "inventory": inventory}
+    healthy = run.status.last_healthy
+    if not (resolved.spec.auto_rollback and healthy and healthy != failed):
+        return Finish(
+            Outcome(Action.DEPLOY, failure.reason, ready=False, commit=failed),
+            conditions=conditions_for_failure(failure.reason, failure.message, run.generation),
+            fields=stuck,
+            records=[failed_record],
+        )
+    try:
+        restored = rollback.restore(run, healthy)
+    except GitwardError as error:
+        message = (
+            f"{failed[:12]} failed its health check; rolling back to {healthy[:12]} failed: {error.message}"
+        )
+        return Finish(
+            Outcome(Action.DEPLOY, error.reason, ready=False, commit=failed),
+            conditions=conditions_for_failure(error.reason, message, run.generation),
+            fields=stuck,
+            records=[failed_record],
+        )
+    assert restored.rendered is not None and restored.result is not None  # noqa: S101, PT018
+    message = f"{failed[:12]} failed its health check ({failure.message}); rolled back to {healthy[:12]}"
+    rolled_back = _record_fields(restored, Trigger.AUTO_ROLLBACK) | {
+        "outcome": RecordOutcome.ROLLED_BACK,
+        "reason": Reason.ROLLED_BACK,
+        "message": message,
+    }
+    conditions = [
+        Condition(t, Status.TRUE, Reason.SUCCEEDED, "", run.generation) for t in STEP_CONDITIONS[:-1]
+    ]
+    conditions.append(
+        Condition(ConditionType.HEALTHY, Status.FALSE, Reason.ROLLED_BACK, message, run.generation)
+    )
+    return Finish(
+        Outcome(Action.ROLLBACK, Reason.ROLLED_BACK, ready=False, commit=healthy),
+        conditions=conditions,
+        fields={
+            "lastAppliedRevision": healthy,
+            "lastAttemptedRevision": failed,
+            "lastAppliedDigest": restored.rendered.digest,
+            "inventory": [ref.to_inventory() for ref in restored.result.inventory],
+        },
+        records=[failed_record, rolled_back],
+    )
+
+
+def _waiting(run: Run, error: Waiting) -> Finish:
+    """Transient: say why, retry with backoff; no record (nothing was decided about the commit)."""
+    return Finish(
+        Outcome(Action.DEPLOY, error.reason, ready=False, retry_after=error.retry_after, commit=run.head),
+        conditions=conditions_for_failure(error.reason, error.message, run.generation),
+    )
+
+
+def _refused(
+    run: Run,
+    error: Stalled,
+    *,
+    commit: str = "",
+    trigger: Trigger | None = None,
+    attempted: str | None = None,
+) -> Finish:
+    """Permanent for this head: recorded once (when a commit is known), not retried until it moves."""
+    commit = commit or run.head or error.commit
+    attempted = attempted or commit
+    records = []
+    if run.resolved is not None and commit:
+        records.append(
+            {
+                **(_record_fields(run, trigger or run.trigger) if run.verified else {}),
+                "commit": commit,
+                "trigger": trigger or run.trigger,
+                "outcome": RecordOutcome.REFUSED,
+                "reason": error.reason,
+                "message": error.message,
+            }
+        )
+    return Finish(
+        Outcome(Action.DEPLOY, error.reason, ready=False, commit=commit),
+        conditions=conditions_for_failure(error.reason, error.message, run.generation),
+        fields={"lastAttemptedRevision": attempted or None},
+        records=records,
+    )
+
+
+def _record_fields(run: Run, trigger: Trigger) -> dict[str, Any]:
+    """What a record says about the verified commit and what applying it changed."""
+    verified = run.verified
+    if verified is None:
+        return {"trigger": trigger}
+    fields: dict[str, Any] = {
+        "commit": verified.commit,
+        "trigger": trigger,
+        "signer": verified.signer.fingerprint,
+        "author": verified.author,
+        "subject": verified.message,
+    }
+    if run.rendered is not None and run.result is not None:
+        fields["manifest_digest"] = run.rendered.digest
+        fields["changes"] = [change.to_record() for change in run.result.changes]
+    return fields
+
+
+def _finish(run: Run, finish: Finish) -> None:
+    """The one place an attempt is written: its records (each with Event and audit line), then status."""
+    for record in finish.records:
+        _write_record(run, record)
+    if finish.conditions:
+        _write_status(run, finish.conditions, finish.fields)
+
+
+def _write_record(run: Run, fields: Mapping[str, Any]) -> None:
+    resolved = run.resolved
+    attempt = Attempt(
+        app_namespace=run.namespace,
+        app_name=run.name,
+        app_uid=run.uid,
+        tenant=resolved.tenant_name if resolved else str(run.spec.get("tenant", "")),
+        started_at=run.started,
+        finished_at=run.services.now(),
+        generation=run.generation,
+        **fields,
+    )
+    store.record(
+        run.services.operator, attempt, history_limit=resolved.spec.history_limit if resolved else 50
+    )
+
+
+def _write_status(run: Run, conditions: Sequence[Condition], fields: Mapping[str, Any]) -> None:
+    explicit = [c for c in conditions if c.type is ConditionType.READY]
+    steps = [c for c in conditions if c.type is not ConditionType.READY]
+    ready = (
+        explicit[-1]
+        if explicit
+        else summarize_ready(
+            conditions_from(run.status.conditions, steps), observed_generation=run.generation
+        )
+    )
+    merged = merge_conditions(run.status.conditions, [*steps, ready], now=run.services.now())
+    status = {"observedGeneration": run.generation, "conditions": merged, **fields}
+    if all(run.status.raw.get(key) == value for key, value in status.items()):
+        return  # nothing new to say: no write, so a failing poll does not churn the object
+    run.services.operator.merge_patch(run.ref, {"status": status}, subresource="status")
+
+
+def prune_on_delete(app: Mapping[str, Any], services: Services) -> None:
+    """An app being deleted with ``prune: true``: delete what it owns, as its tenant, with the same checks.
+
+    The target namespace is re-validated against the tenant (no keys or
+    credentials are needed to prune), and only objects that exist and carry
+    this app's owner annotation are deleted, as in every reconcile. If the
+    tenant no longer allows the namespace, nothing is pruned.
+    """
+    run = Run(app=app, services=services)
+    if not run.spec.get("prune", True):
+        return
+    try:
+        run.resolved = resolve_for_prune(run)
+    except Stalled as error:
+        _LOG.warning("not pruning for %s/%s: %s", run.namespace, run.name, error)
+        return
+    steps.applier(run).prune_owned(run.status.inventory)
+
+
+def resolve_for_prune(run: Run) -> ResolvedApp:
+    """The app resolved against its tenant's namespace policy only."""
+    services = run.services
+    return resolve(
+        run.app,
+        reader=services.reader,
+        allow_file=services.fetch_options.allow_file_transport,
+        ceilings=services.ceilings,
+        secrets=False,
+    )

@@ -1,0 +1,60 @@
+"""The ways back: ``spec.rollbackTo`` (a commit applied before), and automatic rollback of an unhealthy one.
+
+A rollback target must have a successful record and still be in the
+repository; it is then re-verified against the keys trusted now and goes
+through the same steps as any deploy (``reconcile.steps``), from render to
+health. After a ``rollbackTo``, the app is held at the target until the
+branch moves past the head seen then.
+"""
+
+from __future__ import annotations
+
+from gitward.api.conditions import Reason
+from gitward.errors import Stalled
+from gitward.history import store
+from gitward.history.records import successful_commits
+from gitward.reconcile.state import Run
+from gitward.reconcile.status import Hold, Step
+from gitward.reconcile.steps import run_steps
+
+
+def check_target(run: Run, target: str) -> None:
+    """``RollbackNotAllowed`` unless ``target`` was applied successfully before and is still fetchable."""
+    if run.repo is None:
+        raise RuntimeError("the fetch step has not run")
+    records = store.list_records(run.services.operator, run.namespace, run.name)
+    if target not in successful_commits(records):
+        raise Stalled(
+            Reason.ROLLBACK_NOT_ALLOWED,
+            f"{target[:12]} has no successful record; only commits applied before can be rolled back to",
+        )
+    if not run.repo.has_commit(target):
+        raise Stalled(Reason.ROLLBACK_NOT_ALLOWED, f"{target[:12]} is not in the repository any more")
+
+
+def hold_for(run: Run, target: str) -> Hold:
+    """The hold a ``rollbackTo`` leaves: at ``target`` until the branch moves past today's head."""
+    return Hold(commit=target, held_at_head=run.head)
+
+
+def restore(failed: Run, healthy: str) -> Run:
+    """Deploy ``healthy`` again after ``failed`` was applied but never became healthy; return that run.
+
+    The new run starts from the failed one's fetch and prunes against its
+    inventory (what is in the cluster now).
+    """
+    if failed.result is None:
+        raise RuntimeError("only an applied run can be rolled back")
+    again = Run(
+        app=failed.app,
+        services=failed.services,
+        trigger=failed.trigger,
+        resolved=failed.resolved,
+        head=failed.head,
+        checkout=failed.checkout,
+        repo=failed.repo,
+        target=healthy,
+        previous=failed.result.inventory,
+        limits=failed.limits,
+    )
+    return run_steps(again, start=Step.TRUST)

@@ -1,0 +1,107 @@
+"""The typed state of one reconcile: what the operator wired in, what the app says, what the attempt found.
+
+``Services`` is wired once by the operator (or the CLI). ``Run`` is one
+attempt, with the app's status parsed once (``reconcile.status``; it is
+written once, at the end of the attempt, by :mod:`gitward.reconcile.app`).
+The steps of :mod:`gitward.reconcile.steps` fill it in order
+(resolved app, branch head, checkout, verified commit, rendered objects,
+placed objects, plan, apply result, health), so every later step and the
+final record read typed values, never a raw body.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gitward.api.budgets import DEFAULT_CEILINGS, Budgets
+from gitward.api.refs import ObjectRef
+from gitward.api.resources import Trigger
+from gitward.apply import health
+from gitward.apply.run import ApplyResult, Plan
+from gitward.kube.clients import ServiceAccountRef
+from gitward.kube.objects import Objects
+from gitward.reconcile.resolve import Reader, ResolvedApp
+from gitward.reconcile.status import AppStatus, Step
+from gitward.render.limits import Limits
+from gitward.render.load import DEFAULT_KUSTOMIZE, Rendered
+from gitward.render.manifests import Manifest
+from gitward.source import git
+from gitward.trust.verify import VerifiedSource
+
+
+def utc_now() -> str:
+    """The time as Kubernetes writes it."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """Everything the pipeline needs from the outside world, wired once by the operator."""
+
+    reader: Reader
+    operator: Objects
+    as_tenant: Callable[[str, str], Objects]
+    fetch_options: git.FetchOptions
+    kustomize_command: Sequence[str] = DEFAULT_KUSTOMIZE
+    operator_account: ServiceAccountRef | None = (
+        None  # the operator's own ServiceAccount, when it runs as one
+    )
+    now: Callable[[], str] = field(default=utc_now)
+    ceilings: Budgets = DEFAULT_CEILINGS  # what no tenant's spec.limits may exceed
+
+
+@dataclass
+class Run:
+    """One attempt at one app: filled in by the steps, in order."""
+
+    app: Mapping[str, Any]
+    services: Services
+    trigger: Trigger = Trigger.POLL
+    force: bool = False
+    started: str = ""
+    # Filled by the steps, in pipeline order
+    resolved: ResolvedApp | None = None
+    head: str = ""
+    checkout: git.Checkout | None = None
+    repo: git.Repository | None = None
+    verified: VerifiedSource | None = None
+    rendered: Rendered | None = None
+    placed: Sequence[Manifest] = ()
+    plan: Plan | None = None
+    result: ApplyResult | None = None
+    health: Mapping[ObjectRef, health.HealthStatus] = field(default_factory=dict)
+    step: Step | None = None  # the step that ran last (the one that raised, on failure)
+    # How this run differs from a plain deploy of the branch head
+    target: str = ""  # a commit to roll back to, instead of the head
+    preview: bool = False  # gitward diff: write nothing, not even the fence
+    limits: Limits | None = None  # render limits instead of the tenant's budgets (tests)
+    previous: Sequence[ObjectRef] | None = None  # inventory to prune from, instead of the status's
+
+    def __post_init__(self) -> None:
+        metadata = self.app.get("metadata") or {}
+        self.namespace = str(metadata.get("namespace", ""))
+        self.name = str(metadata.get("name", ""))
+        self.uid = str(metadata.get("uid", ""))
+        self.generation = int(metadata.get("generation") or 0)
+        self.status = AppStatus.parse(self.app.get("status"))
+        self.ref = ObjectRef("gitward.dev", "v1alpha1", "GitOpsApp", self.namespace, self.name)
+        self.started = self.started or self.services.now()
+
+    @property
+    def spec(self) -> Mapping[str, Any]:
+        """The raw spec (parsed and checked by the resolve step)."""
+        return self.app.get("spec") or {}
+
+    @property
+    def previous_inventory(self) -> Sequence[ObjectRef]:
+        """What the app owned before this attempt: what pruning compares against."""
+        return self.status.inventory if self.previous is None else self.previous
+
+    def require_resolved(self) -> ResolvedApp:
+        """The resolved app; the resolve step runs first, so later steps always have it."""
+        if self.resolved is None:
+            raise RuntimeError("the resolve step has not run")
+        return self.resolved

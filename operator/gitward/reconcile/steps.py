@@ -1,0 +1,198 @@
+"""The reconcile pipeline, in order: each step reads the :class:`Run` and fills in what it produced.
+
+    resolve   tenant policy, keys, credentials, budgets        (reconcile.resolve)
+    head      the allowed branch's head, one ls-remote         (source.git)
+    fetch     the head (or a rollback target) within budgets   (source.git)
+    trust     signatures of every new commit, fast-forward     (trust.verify)
+    render    YAML / kustomize on the verified tree            (render.load)
+    policy    namespaces, kinds, fields, pod security, secrets (policy.check)
+    dry_run   the tenant's fence, then every object as tenant  (fence, apply.run)
+    apply     server-side apply as the tenant, then prune      (apply.run)
+    health    every workload healthy within healthTimeout      (apply.run)
+
+A step fails by raising a :class:`~gitward.errors.GitwardError` whose type
+says whether to retry and whose reason names the cause; nothing from a
+commit is written before every object passed policy and dry-run. The
+fence is ensured just before the dry-run (which runs as the fence's
+ServiceAccount); it comes from the tenant's spec, never from the commit.
+
+:func:`run_steps` runs a slice of the pipeline: the operator runs
+``resolve`` and ``head``, decides (``reconcile.decide``), then runs the
+rest; ``gitward verify`` stops after ``trust`` and ``gitward diff`` after
+``dry_run`` (``preview``: the fence is not written), on these very steps.
+Recording and the status write are not steps: ``reconcile.app`` does both
+once, at the end of the attempt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from gitward.api.resources import VerifyMode
+from gitward.apply.inventory import PruneGuard, owner_of
+from gitward.apply.run import Applier, wait_healthy
+from gitward.fence.baseline import TENANT_SERVICE_ACCOUNT
+from gitward.fence.ensure import ensure_namespace
+from gitward.policy.check import check
+from gitward.reconcile.resolve import resolve as resolve_app
+from gitward.reconcile.state import Run
+from gitward.reconcile.status import Step
+from gitward.render.limits import Limits
+from gitward.render.load import load
+from gitward.source import git
+from gitward.trust.verify import TrustSettings, verify
+
+
+def resolve(run: Run) -> None:
+    """The app's spec parsed once and its tenant resolved: policy, keys, credentials, budgets."""
+    services = run.services
+    run.resolved = resolve_app(
+        run.app,
+        reader=services.reader,
+        allow_file=services.fetch_options.allow_file_transport,
+        ceilings=services.ceilings,
+    )
+
+
+def head(run: Run) -> None:
+    """The head of the allowed branch, from one ``ls-remote``: nothing is fetched yet."""
+    resolved = run.require_resolved()
+    run.head = git.remote_head(
+        resolved.source,
+        credentials=resolved.credentials,
+        options=run.services.fetch_options,
+        budgets=resolved.budgets,
+    )
+
+
+def fetch(run: Run) -> None:
+    """The head, into the app's cache repository, within the tenant's budgets."""
+    resolved = run.require_resolved()
+    options = run.services.fetch_options
+    run.checkout = git.fetch(
+        resolved.source,
+        app_uid=resolved.uid,
+        credentials=resolved.credentials,
+        options=options,
+        budgets=resolved.budgets,
+        head=run.head or None,
+    )
+    run.head = run.checkout.commit
+    run.repo = git.Repository(run.checkout.repo, options=options, budgets=resolved.budgets)
+
+
+def trust(run: Run) -> None:
+    """The commit to deploy, verified: the head from the verified baseline, or a rollback target alone."""
+    resolved = run.require_resolved()
+    if run.checkout is None or run.repo is None:
+        raise RuntimeError("the fetch step has not run")
+    if run.target and run.target != run.checkout.commit:
+        # A rollback target is re-verified as if it were the head, against the keys trusted now;
+        # no fast-forward check, since going back is the point.
+        run.verified = verify(
+            replace(run.checkout, commit=run.target),
+            run.repo,
+            last_applied=None,
+            settings=TrustSettings(verify=VerifyMode.HEAD, require_fast_forward=False),
+            keys=resolved.keys,
+        )
+        return
+    run.verified = verify(
+        run.checkout,
+        run.repo,
+        last_applied=run.status.last_applied or None,
+        settings=resolved.trust,
+        keys=resolved.keys,
+    )
+
+
+def render(run: Run) -> None:
+    """The verified commit's objects: plain YAML or a kustomize build, within budgets, nothing remote."""
+    resolved = run.require_resolved()
+    if run.verified is None or run.repo is None:
+        raise RuntimeError("the trust step has not run")
+    run.rendered = load(
+        run.repo,
+        run.verified.commit,
+        resolved.spec.source.path,
+        limits=run.limits or Limits.from_budgets(resolved.budgets),
+        kustomize_command=run.services.kustomize_command,
+    )
+
+
+def policy(run: Run) -> None:
+    """Every object placed in the target namespace and checked against the tenant's policy."""
+    resolved = run.require_resolved()
+    if run.rendered is None:
+        raise RuntimeError("the render step has not run")
+    run.placed = check(
+        run.rendered.manifests, tenant=resolved.tenant, namespace=resolved.source.target_namespace
+    )
+
+
+def applier(run: Run) -> Applier:
+    """Writes as the tenant's ServiceAccount in the target namespace, owning objects for this app."""
+    resolved = run.require_resolved()
+    tenant = run.services.as_tenant(resolved.source.target_namespace, TENANT_SERVICE_ACCOUNT)
+    return Applier(tenant, owner=owner_of(resolved.namespace, resolved.name))
+
+
+def dry_run(run: Run) -> None:
+    """The fence ensured (unless previewing), then every apply and prune dry-run as the tenant."""
+    resolved = run.require_resolved()
+    namespace = resolved.source.target_namespace
+    if not run.preview:
+        ensure_namespace(
+            run.services.operator,
+            namespace,
+            tenant_name=resolved.tenant_name,
+            tenant=resolved.tenant,
+            operator_account=run.services.operator_account,
+        )
+    guard_spec = resolved.spec.prune_guard
+    guard = PruneGuard(allow_empty=guard_spec.allow_empty, max_share=guard_spec.max_share_percent / 100)
+    previous = run.previous_inventory if resolved.spec.prune else ()
+    run.plan = applier(run).dry_run(run.placed, previous=previous, guard=guard)
+
+
+def apply(run: Run) -> None:
+    """Server-side apply as the tenant, tier by tier, then prune what left the inventory."""
+    if run.plan is None:
+        raise RuntimeError("the dry-run step has not run")
+    run.result = applier(run).apply(run.plan)
+
+
+def health(run: Run) -> None:
+    """Every workload healthy within ``healthTimeout``, else ``HealthTimeout`` (the objects stay applied)."""
+    resolved = run.require_resolved()
+    if run.result is None:
+        raise RuntimeError("the apply step has not run")
+    run.health = wait_healthy(
+        run.services.operator, run.result.inventory, timeout=resolved.spec.health_timeout_seconds
+    )
+
+
+PIPELINE: tuple[tuple[Step, Callable[[Run], None]], ...] = (
+    (Step.RESOLVE, resolve),
+    (Step.HEAD, head),
+    (Step.FETCH, fetch),
+    (Step.TRUST, trust),
+    (Step.RENDER, render),
+    (Step.POLICY, policy),
+    (Step.DRY_RUN, dry_run),
+    (Step.APPLY, apply),
+    (Step.HEALTH, health),
+)
+
+
+def run_steps(run: Run, *, start: Step = Step.RESOLVE, stop_after: Step = Step.HEALTH) -> Run:
+    """Run the steps from ``start`` to ``stop_after`` in order; the first that fails raises.
+
+    ``run.step`` names the step that ran last (the one that raised, on failure).
+    """
+    for step, function in PIPELINE:
+        if start <= step <= stop_after:
+            run.step = step
+            function(run)
+    return run

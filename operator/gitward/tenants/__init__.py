@@ -1,1 +1,0 @@
-"""Resolving an app against its tenant: the first step of the pipeline."""
