@@ -7,9 +7,8 @@ import pytest
 from gitward.api.conditions import Reason
 from gitward.api.refs import ObjectRef
 from gitward.apply.inventory import PruneGuard, check_guard, to_prune
-from gitward.apply.order import in_tiers, prune_order
+from gitward.apply.order import prune_order, tier
 from gitward.errors import Stalled
-from gitward.render.manifests import Manifest
 
 
 def cm(name: str, version: str = "v1") -> ObjectRef:
@@ -42,25 +41,9 @@ def test_pruning_more_than_the_share_is_refused():
     check_guard(previous, [cm("a")], PruneGuard(max_share=0.75))
 
 
-def manifest(kind: str, name: str) -> Manifest:
-    return Manifest({"apiVersion": "v1", "kind": kind, "metadata": {"name": name}}, "f.yaml", 0)
-
-
 def test_dependencies_are_applied_first_and_pruned_last():
     """ServiceAccounts and ConfigMaps before RBAC, Services, then workloads; prune in reverse."""
-    tiers = in_tiers(
-        [
-            manifest("Deployment", "web"),
-            manifest("Service", "web"),
-            manifest("ConfigMap", "c"),
-            manifest("Role", "r"),
-        ]
-    )
-    assert [[m.kind for m in tier] for tier in tiers] == [
-        ["ConfigMap"],
-        ["Role"],
-        ["Service"],
-        ["Deployment"],
-    ]
+    kinds = ["Deployment", "Service", "ConfigMap", "Role", "ServiceAccount"]
+    assert sorted(kinds, key=tier) == ["ConfigMap", "ServiceAccount", "Role", "Service", "Deployment"]
     kinds = ["ConfigMap", "Deployment", "Service"]
     assert [kinds[i] for i in prune_order(kinds)] == ["Deployment", "Service", "ConfigMap"]

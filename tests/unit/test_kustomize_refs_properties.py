@@ -12,7 +12,7 @@ from gitward.errors import Stalled
 from gitward.render import kustomize
 from gitward.render.limits import Limits
 from gitward.render.tree import Tree, normalize
-from gitward.source.git import TreeEntry
+from gitward.source.entries import TreeEntry
 
 LIMITS = Limits()
 FILES = {

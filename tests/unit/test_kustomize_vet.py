@@ -13,7 +13,7 @@ from gitward.errors import Stalled
 from gitward.render import kustomize
 from gitward.render.limits import Limits
 from gitward.render.tree import Tree, normalize
-from gitward.source.git import TreeEntry
+from gitward.source.entries import TreeEntry
 
 CONFIGMAP = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n"
 BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(

@@ -16,13 +16,13 @@ INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
 
 
-def load(text: str, *, first_index: int = 0, **limits: int) -> list[tuple[int, object]]:
-    return list(load_documents(text, file=FILE, limits=Limits(**limits), first_index=first_index))
+def load(text: str, **limits: int) -> list[tuple[int, object]]:
+    return list(load_documents(text, file=FILE, limits=Limits(**limits)))
 
 
-def refused(text: str, *, first_index: int = 0, **limits: int) -> Stalled:
+def refused(text: str, **limits: int) -> Stalled:
     with pytest.raises(Stalled) as caught:
-        load(text, first_index=first_index, **limits)
+        load(text, **limits)
     return caught.value
 
 
@@ -268,10 +268,10 @@ def test_aliases_are_copies_not_shared_objects():
     assert value["base"] is not value["use"]
 
 
-def test_first_index_numbers_documents_and_refusals():
-    """Documents are numbered from first_index, and a refusal names that number."""
-    assert load("a: 1\n---\nb: 2\n", first_index=5) == [(5, {"a": 1}), (6, {"b": 2})]
-    assert_names(refused("a: 1\n---\nb: .nan\n", first_index=5), 6, "b", ".nan")
+def test_documents_are_numbered_from_zero_in_results_and_refusals():
+    """Indexes count documents from 0, empty ones included, and a refusal names its document's index."""
+    assert load("a: 1\n---\n---\nb: 2\n") == [(0, {"a": 1}), (2, {"b": 2})]
+    assert_names(refused("a: 1\n---\nb: .nan\n"), 1, "b", ".nan")
 
 
 @pytest.mark.parametrize(

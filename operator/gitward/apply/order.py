@@ -8,9 +8,7 @@ may be applied concurrently. Prune goes in reverse.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-
-from gitward.render.manifests import Manifest
+from collections.abc import Sequence
 
 _TIERS: dict[str, int] = {
     "NetworkPolicy": 0,
@@ -38,14 +36,6 @@ _UNKNOWN_TIER = 5
 def tier(kind: str) -> int:
     """The tier of a kind; unknown kinds go with the workloads."""
     return _TIERS.get(kind, _UNKNOWN_TIER)
-
-
-def in_tiers(manifests: Iterable[Manifest]) -> list[list[Manifest]]:
-    """Manifests grouped by tier, tiers in apply order, each tier in a stable order."""
-    grouped: dict[int, list[Manifest]] = {}
-    for manifest in sorted(manifests, key=lambda m: (tier(m.kind), m.kind, m.name)):
-        grouped.setdefault(tier(manifest.kind), []).append(manifest)
-    return [grouped[t] for t in sorted(grouped)]
 
 
 def prune_order(kinds: Sequence[str]) -> list[int]:

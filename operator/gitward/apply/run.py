@@ -34,7 +34,7 @@ from gitward.api.resources import ChangeAction
 from gitward.apply import health, order
 from gitward.apply.inventory import MANAGED_LABEL, OWNER_ANNOTATION, PruneGuard, check_guard, to_prune
 from gitward.errors import GitwardError, Stalled
-from gitward.kube.objects import APIError, Objects, classify, server_message
+from gitward.kube.objects import APIError, Objects, classify
 from gitward.render.manifests import Manifest
 
 FIELD_MANAGER = "gitward"
@@ -299,7 +299,7 @@ def wait_healthy(
             try:
                 statuses[ref] = health.assess(objects.get(ref))
             except APIError as error:
-                statuses[ref] = health.HealthStatus(health.Health.MISSING, server_message(error))
+                statuses[ref] = health.HealthStatus(health.Health.MISSING, error.message)
         pending = {ref: s for ref, s in statuses.items() if s.health is not health.Health.HEALTHY}
         if not pending:
             return statuses

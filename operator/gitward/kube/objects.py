@@ -117,11 +117,6 @@ def _api_base(group: str, version: str) -> str:
     return f"/apis/{path_segment(group, 'group')}/{path_segment(version, 'version')}"
 
 
-def server_message(error: APIError) -> str:
-    """The API server's own message."""
-    return error.message
-
-
 class Objects:
     """Object access through one API client (the operator's, or one impersonating a tenant)."""
 
@@ -307,21 +302,16 @@ class Objects:
 
 def _transient_or(error: APIError, reason: Reason, what: str) -> GitwardError:
     if error.status in _TRANSIENT or error.status == 0:
-        return Waiting(reason, f"{what}: {server_message(error)}", retry_after=15)
-    return Stalled(reason, f"{what}: {server_message(error)}")
+        return Waiting(reason, f"{what}: {error.message}", retry_after=15)
+    return Stalled(reason, f"{what}: {error.message}")
 
 
 def classify(error: APIError, *, ref: ObjectRef, dry_run: bool) -> GitwardError:
     """Map an API error on one object onto the reason a user can act on."""
-    message = f"{ref}: {server_message(error)}"
+    message = f"{ref}: {error.message}"
     if error.status == _FORBIDDEN:
         return Stalled(Reason.APPLY_FORBIDDEN, message)
     if error.status == _CONFLICT:
         return Stalled(Reason.OWNERSHIP_CONFLICT, message)
     del dry_run  # the same reason either way: the server refused the object as written
     return _transient_or(error, Reason.DRY_RUN_FAILED, message)
-
-
-def is_forbidden(error: BaseException) -> bool:
-    """Whether an exception is the API server's 403."""
-    return isinstance(error, APIError) and error.status == _FORBIDDEN

@@ -28,7 +28,7 @@ from gitward.api.resources import (
 from gitward.errors import Stalled
 from gitward.source import urls
 from gitward.source.allow import AllowedSource, check_branch_name, check_source, glob_match
-from gitward.source.git import Credentials
+from gitward.source.credentials import Credentials
 from gitward.trust.keys import TrustedKeys, from_config_maps
 from gitward.trust.verify import TrustSettings
 

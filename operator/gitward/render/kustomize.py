@@ -62,7 +62,7 @@ from gitward.errors import Stalled, Waiting
 from gitward.render.limits import Limits
 from gitward.render.tree import Tree, normalize
 from gitward.render.yamlsafe import load_documents
-from gitward.source.git import TreeEntry
+from gitward.source.entries import TreeEntry
 
 KUSTOMIZATION_NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 _PLUGIN_FIELDS = (

@@ -19,7 +19,8 @@ from gitward.render.limits import Limits
 from gitward.render.manifests import Manifest, digest
 from gitward.render.tree import Tree, normalize
 from gitward.render.yamlsafe import load_documents
-from gitward.source.git import Repository, TreeEntry
+from gitward.source.entries import TreeEntry
+from gitward.source.repository import Repository
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 DEFAULT_KUSTOMIZE = ("kubectl", "kustomize")

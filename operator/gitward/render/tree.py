@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from gitward.api.conditions import Reason
 from gitward.errors import Stalled
 from gitward.render.limits import Limits
-from gitward.source.git import TreeEntry
+from gitward.source.entries import TreeEntry
 
 
 def normalize(path: str, *, what: str) -> str:

@@ -433,9 +433,7 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def load_documents(
-    text: str, *, file: str, limits: Limits, first_index: int = 0
-) -> Iterator[tuple[int, Any]]:
+def load_documents(text: str, *, file: str, limits: Limits) -> Iterator[tuple[int, Any]]:
     """Yield ``(document index, value)`` for each non-empty document; refusals name file and document.
 
     Every value is JSON data (``dict`` with ``str`` keys, ``list``, ``str``,
@@ -444,7 +442,7 @@ def load_documents(
     ``YAMLRejected`` (``DuplicateKey`` for duplicate keys) and a message
     ``file#index: path: problem``.
     """
-    index = first_index
+    index = 0
     loader: _BoundedLoader | None = None
     try:
         while True:

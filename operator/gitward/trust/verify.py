@@ -20,7 +20,8 @@ from gitward.api.conditions import Reason
 from gitward.api.resources import VerifyMode
 from gitward.errors import Stalled
 from gitward.source.commits import CommitObject, SignatureFormat
-from gitward.source.git import Checkout, Repository
+from gitward.source.fetch import Checkout
+from gitward.source.repository import Repository
 from gitward.trust.decide import Signer, check_fast_forward
 from gitward.trust.gpg import OpenPGPVerifier
 from gitward.trust.keys import TrustedKeys
