@@ -43,8 +43,8 @@ from gitward.api.refs import ObjectRef
 from gitward.api.resources import Trigger, parse_duration
 from gitward.errors import GitwardError, Stalled, Waiting
 from gitward.kube import clients
+from gitward.kube.cached import CachedReader
 from gitward.kube.objects import APIError, Objects
-from gitward.kube.reads import KubeReader
 from gitward.reconcile import app as reconcile
 from gitward.reconcile.decide import next_delay, step_of
 from gitward.reconcile.state import Services
@@ -176,7 +176,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.as_tenant = as_tenant
     memo.wakeups = {}
     memo.services = Services(
-        reader=KubeReader(operator.api, operator_namespace=config.namespace),
+        reader=CachedReader(operator.api, operator_namespace=config.namespace),
         operator=operator,
         as_tenant=as_tenant,
         fetch_options=git.FetchOptions(cache_root=Path(config.cache_dir), timeout=config.git_timeout),
@@ -208,6 +208,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     pools = getattr(memo, "pools", None)
     if pools is not None:
         pools.shutdown()
+    services = getattr(memo, "services", None)
+    if services is not None and isinstance(services.reader, CachedReader):
+        services.reader.close()
 
 
 def _webhook_secret(operator: Objects, namespace: str, name: str) -> bytes | None:
@@ -218,6 +221,14 @@ def _webhook_secret(operator: Objects, namespace: str, name: str) -> bytes | Non
     secret = operator.get(ObjectRef("", "v1", "Secret", namespace, str(ref)))
     token = ((secret or {}).get("data") or {}).get("token")
     return base64.b64decode(token) if token else None
+
+
+@kopf.on.event(GROUP, VERSION, resources.TENANT.plural)
+def tenant_event(*, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """A GitOpsTenant was listed, changed or deleted: the cached copy is dropped."""
+    reader = memo.services.reader
+    if isinstance(reader, CachedReader):
+        reader.tenant_changed(name)
 
 
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
