@@ -301,8 +301,9 @@ class Objects:
 
 
 def _transient_or(error: APIError, reason: Reason, what: str) -> GitwardError:
+    """No answer, 429 or 5xx: the API server's trouble, retried (``APIUnavailable``); else ``reason``."""
     if error.status in _TRANSIENT or error.status == 0:
-        return Waiting(reason, f"{what}: {error.message}", retry_after=15)
+        return Waiting(Reason.API_UNAVAILABLE, f"{what}: {error.message}", retry_after=15)
     return Stalled(reason, f"{what}: {error.message}")
 
 

@@ -40,14 +40,14 @@ class KubeReader:
             if error.status == _NOT_FOUND:
                 raise Stalled(Reason.TENANT_NOT_FOUND, f"GitOpsTenant {name!r} does not exist") from None
             raise Waiting(
-                Reason.TENANT_NOT_FOUND, f"reading GitOpsTenant {name!r}: HTTP {error.status}"
+                Reason.API_UNAVAILABLE, f"reading GitOpsTenant {name!r}: HTTP {error.status}"
             ) from None
         except (HTTPError, OSError) as error:
             raise Waiting(
-                Reason.TENANT_NOT_FOUND, f"reading GitOpsTenant {name!r}: {type(error).__name__}"
+                Reason.API_UNAVAILABLE, f"reading GitOpsTenant {name!r}: {type(error).__name__}"
             ) from None
         if not isinstance(body, Mapping):
-            raise Waiting(Reason.TENANT_NOT_FOUND, f"reading GitOpsTenant {name!r}: unexpected response")
+            raise Waiting(Reason.API_UNAVAILABLE, f"reading GitOpsTenant {name!r}: unexpected response")
         return body
 
     def key_config_map(self, name: str) -> Mapping[str, str]:
@@ -61,11 +61,11 @@ class KubeReader:
                     f"trusted-key ConfigMap {self.operator_namespace}/{name} does not exist",
                 ) from None
             raise Waiting(
-                Reason.UNTRUSTED_SIGNER, f"reading ConfigMap {name!r}: HTTP {error.status}"
+                Reason.API_UNAVAILABLE, f"reading ConfigMap {name!r}: HTTP {error.status}"
             ) from None
         except (HTTPError, OSError) as error:
             raise Waiting(
-                Reason.UNTRUSTED_SIGNER, f"reading ConfigMap {name!r}: {type(error).__name__}"
+                Reason.API_UNAVAILABLE, f"reading ConfigMap {name!r}: {type(error).__name__}"
             ) from None
         data: Mapping[str, str] = config_map.data or {}
         return data
@@ -80,10 +80,10 @@ class KubeReader:
                     Reason.FETCH_FAILED, f"Secret {namespace}/{name} (source.secretRef) does not exist"
                 ) from None
             raise Waiting(
-                Reason.FETCH_FAILED, f"reading Secret {namespace}/{name}: HTTP {error.status}"
+                Reason.API_UNAVAILABLE, f"reading Secret {namespace}/{name}: HTTP {error.status}"
             ) from None
         except (HTTPError, OSError) as error:
             raise Waiting(
-                Reason.FETCH_FAILED, f"reading Secret {namespace}/{name}: {type(error).__name__}"
+                Reason.API_UNAVAILABLE, f"reading Secret {namespace}/{name}: {type(error).__name__}"
             ) from None
         return {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}

@@ -90,7 +90,7 @@ def run_tool(
     stdin: bytes | None = None,
     cwd: Path | None = None,
 ) -> ToolResult:
-    """Run a verification tool; a tool that outlives ``timeout`` is killed and the failure is retryable."""
+    """Run a verification tool; a tool that outlives ``timeout`` is killed and the check is retried."""
     done = processes.run(
         argv,
         env=env,
@@ -103,7 +103,8 @@ def run_tool(
         ),
     )
     if done.timed_out:
-        raise Waiting(Reason.INVALID_SIGNATURE, f"{Path(argv[0]).name} timed out after {timeout:g}s")
+        # The tool, not the signature, failed: the commit is not judged, the check is retried.
+        raise Waiting(Reason.RECONCILE_ERROR, f"{Path(argv[0]).name} timed out after {timeout:g}s")
     return ToolResult(
         int(done.code or 0), done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
     )
