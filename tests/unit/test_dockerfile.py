@@ -6,6 +6,7 @@ import re
 
 import yaml
 
+from gitward import processes
 from gitward.source.git import FetchOptions
 from gitward.trust.gpg import OpenPGPVerifier
 from gitward.trust.keys import TrustedKeys
@@ -14,6 +15,8 @@ from support.paths import REPO
 
 # Which Debian package provides each executable the code starts.
 PROVIDED_BY = {"git": "git", "ssh": "openssh-client", "ssh-keygen": "openssh-client", "gpg": "gnupg"}
+# Essential packages are in every Debian base image (slim included) and cannot be removed.
+ESSENTIAL = {"prlimit": "util-linux"}
 
 
 def final_stage() -> str:
@@ -35,15 +38,17 @@ def executables_the_code_runs() -> set[str]:
         OpenPGPVerifier([]).gpg,
         SSHVerifier(TrustedKeys()).ssh_keygen,
         kustomize.split()[0],
+        processes.ResourceLimits(address_space=1).prefix()[0].rsplit("/", 1)[-1],
     }
 
 
 def test_every_executable_the_code_runs_is_in_the_final_stage():
-    """git, ssh, gpg, ssh-keygen come from pinned Debian packages; kustomize is copied in from its build stage."""
+    """git, ssh, gpg, ssh-keygen from pinned packages; prlimit from Essential util-linux; kustomize copied in."""
     stage = final_stage()
     runs = executables_the_code_runs()
-    assert runs == {"git", "ssh", "gpg", "ssh-keygen", "kustomize"}
-    for executable in runs - {"kustomize"}:
+    assert runs == {"git", "ssh", "gpg", "ssh-keygen", "kustomize", "prlimit"}
+    assert "bookworm" in stage.splitlines()[0]  # a Debian base: util-linux (prlimit) is Essential there
+    for executable in runs - {"kustomize", *ESSENTIAL}:
         package = PROVIDED_BY[executable]
         assert re.search(rf"\b{re.escape(package)}=\S+", stage), (
             f"{package} (for {executable}) is not installed, pinned"
