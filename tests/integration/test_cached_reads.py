@@ -43,7 +43,9 @@ def test_key_config_maps_are_cached_and_refreshed_by_the_watch(admin, namespace)
         assert reader.reads == 1
         configmap(admin, namespace, "keys", {"allowed_signers": "two"})
         wait_until(
-            lambda: reader.key_config_map("keys") == {"allowed_signers": "two"}, timeout=30, what="the edit seen"
+            lambda: reader.key_config_map("keys") == {"allowed_signers": "two"},
+            timeout=30,
+            what="the edit seen",
         )
         assert reader.reads == 2
         client.CoreV1Api(admin).delete_namespaced_config_map("keys", namespace)
