@@ -127,12 +127,17 @@ def _wakeup(memo: kopf.Memo, namespace: str, name: str) -> Wakeup:
     return wakeups.setdefault((namespace, name), Wakeup())
 
 
-def wake(memo: kopf.Memo, namespace: str, name: str, trigger: Trigger) -> bool:
-    """Ask an app's daemon to reconcile now; False if no such app runs here."""
+def wake(memo: kopf.Memo, namespace: str, name: str, trigger: Trigger, *, force: bool = False) -> bool:
+    """Ask an app's daemon to reconcile now; False if no such app runs here.
+
+    Only the on-demand annotation forces a new attempt at a head already
+    attempted; a webhook or a spec change just looks now, so a push event
+    for a commit that is already applied changes nothing and records nothing.
+    """
     if (namespace, name) not in memo.wakeups:
         return False
     pending = _wakeup(memo, namespace, name)
-    pending.trigger, pending.force = trigger, True
+    pending.trigger, pending.force = trigger, pending.force or force
     pending.event.set()
     return True
 
@@ -188,11 +193,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
 
     async def secret_for(namespace: str, name: str) -> bytes | None:
-        if (namespace, name) not in memo.wakeups:
-            return None  # no such app runs here: an unauthenticated guess costs no API call
         return await pools.lookup(functools.partial(_webhook_secret, operator, namespace, name))
 
-    app = webhook.make_app(secret_for=secret_for, wake=lambda ns, n: wake(memo, ns, n, Trigger.WEBHOOK))
+    app = webhook.make_app(
+        secret_for=secret_for,
+        wake=lambda ns, n: wake(memo, ns, n, Trigger.WEBHOOK),
+        serves=lambda ns, n: (ns, n) in memo.wakeups,  # an unauthenticated guess at an app costs nothing
+    )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, config.webhook_host, config.webhook_port).start()
@@ -241,7 +248,7 @@ async def spec_changed(*, namespace: str | None, name: str, memo: kopf.Memo, **_
 async def requested(*, namespace: str | None, name: str, memo: kopf.Memo, new: Any, **_: Any) -> None:
     """On demand: setting the request annotation reconciles now."""
     if new:
-        wake(memo, namespace or "", name, Trigger.POLL)
+        wake(memo, namespace or "", name, Trigger.POLL, force=True)
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=30)
@@ -295,7 +302,8 @@ async def run_app(
 
 async def _sleep(pending: Wakeup, stopped: kopf.DaemonStopped, delay: float) -> tuple[Trigger, bool]:
     """Sleep until the delay passes, a wake-up arrives, or the daemon is stopped."""
-    pending.event.clear()
+    # The event is not cleared here: a wake-up that arrived while the reconcile ran is kept, and
+    # answered at once, rather than lost until the next poll.
     waiter = asyncio.ensure_future(pending.event.wait())
     stopper = asyncio.ensure_future(stopped.wait())
     try:
@@ -304,6 +312,7 @@ async def _sleep(pending: Wakeup, stopped: kopf.DaemonStopped, delay: float) -> 
         waiter.cancel()
         stopper.cancel()
     if pending.event.is_set():
+        pending.event.clear()
         trigger, force = pending.trigger, pending.force
         pending.trigger, pending.force = Trigger.POLL, False
         return trigger, force

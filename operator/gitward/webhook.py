@@ -281,6 +281,7 @@ def make_app(
     *,
     secret_for: SecretLookup,
     wake: Wake,
+    serves: Callable[[str, str], bool] | None = None,
     clock: Clock = time.monotonic,
     secret_ttl: float = 30.0,
     cache_size: int = 4096,
@@ -298,6 +299,8 @@ def make_app(
         secret_for: Looks up a route's shared secret (None if it has none); only
             ever called with a valid namespace and name.
         wake: Wakes the app's reconcile; False if no such app runs here.
+        serves: Whether an app runs here (from memory): a route it does not serve is 404 at no cost,
+            and nothing about it is cached, so an app that starts a moment later is reachable at once.
         clock: Monotonic seconds, for the cache TTL, the rate limit and the replay window.
         secret_ttl: How long a looked-up secret (or its absence) is reused.
         cache_size: How many routes' secrets, and rate-limit buckets, are kept.
@@ -334,6 +337,8 @@ def make_app(
         if not (valid_namespace(namespace) and valid_name(name)):
             return _reply(404, "invalid-route", "no such app\n")
         route = (namespace, name)
+        if serves is not None and not serves(namespace, name):
+            return _reply(404, "unknown-app", "no such app\n")
         wait = buckets.take(route)
         if wait:
             return _reply(429, "rate-limited", "too many requests\n", {"Retry-After": str(wait)})

@@ -560,3 +560,23 @@ def test_health_and_metrics_stay_served():
     status, text, exposition = asyncio.run(scenario())
     assert (status, text) == (200, "ok\n")
     assert "gitward_webhook_requests_total" in exposition
+
+
+def test_an_app_not_running_here_costs_nothing_and_is_reachable_once_it_starts():
+    """A route the operator does not serve is 404 with no lookup and nothing cached; once it runs, it is served."""
+    lookups, woken = Lookups(), Woken()
+    running: set[tuple[str, str]] = set()
+    app = make_app(secret_for=lookups, wake=woken, serves=lambda ns, n: (ns, n) in running)
+
+    async def scenario():
+        async with Served(app) as served:
+            before = [(await served.post("/hooks/team-a/web", headers=signed()))[0] for _ in range(20)]
+            running.add(("team-a", "web"))
+            after = (await served.post("/hooks/team-a/web", headers=signed()))[0]
+            return before, after
+
+    before, after = asyncio.run(scenario())
+    assert before == [404] * 20
+    assert after == 202
+    assert lookups.calls == [("team-a", "web")]
+    assert woken == [("team-a", "web")]
