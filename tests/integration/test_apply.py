@@ -375,3 +375,49 @@ def test_a_deployment_that_never_becomes_ready_times_out(harness):
         timeout=5,
         what="the deployment to exist",
     )
+
+
+CLIMB_OUTS = {
+    "deploy/svc.yaml": (
+        "apiVersion: v1\nkind: Service\nmetadata: {name: grab}\n"
+        "spec: {type: NodePort, externalIPs: [10.96.0.1], ports: [{port: 443}]}\n"
+    ),
+    "deploy/bind.yaml": (
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: open}\n"
+        "roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edit}\n"
+        "subjects: [{kind: Group, name: 'system:unauthenticated'}, {kind: ServiceAccount, name: gitward-tenant,"
+        " namespace: other}]\n"
+    ),
+    "deploy/claim.yaml": (
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: steal}\n"
+        "spec: {volumeName: someone-elses, accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}\n"
+    ),
+}
+
+
+def test_a_signed_commit_that_climbs_out_is_refused_with_every_violation_and_nothing_written(harness):
+    """NodePort, externalIPs, a binding for unauthenticated users and gitward's account, a stolen volume: all listed."""
+    harness.push(GOOD)
+    harness.deploy(wait=False)
+    harness.push({**NEW_GOOD, **CLIMB_OUTS})
+    before = snapshot(harness.operator, harness.namespace)
+    with pytest.raises(GitwardError) as refused:
+        harness.deploy(wait=False)
+    message = refused.value.message
+    for needle in (
+        "spec.type NodePort",
+        "CVE-2020-8554",
+        "system:unauthenticated",
+        "gitward-tenant",
+        "someone-elses",
+    ):
+        assert needle in message, message
+    assert snapshot(harness.operator, harness.namespace) == before
+
+
+def test_the_impersonated_account_is_never_given_a_token(harness, admin):
+    """gitward-tenant, the account gitward acts as, does not automount a token into any Pod."""
+    harness.push(GOOD)
+    harness.deploy(wait=False)
+    account = client.CoreV1Api(admin).read_namespaced_service_account("gitward-tenant", harness.namespace)
+    assert account.automount_service_account_token is False

@@ -119,6 +119,25 @@ class KeyRef:
 
 
 @dataclass(frozen=True, slots=True)
+class FieldPolicy:
+    """Fields of allowed kinds that reach outside the tenant, and the admin's opt-ins (``spec.policy``)."""
+
+    cluster_roles: tuple[str, ...] = ("view", "edit")  # ClusterRoles a RoleBinding may reference
+    rbac_users: tuple[str, ...] = ()  # Users a RoleBinding may name
+    rbac_groups: tuple[str, ...] = ()  # Groups a RoleBinding may name
+    service_types: tuple[str, ...] = ("ClusterIP",)
+    allow_external_ips: bool = False
+    load_balancer_source_ranges: tuple[str, ...] = ()
+    ingress_hosts: tuple[str, ...] = ()  # host globs; "*" allows rules without a host
+    priority_classes: tuple[str, ...] = ()
+    storage_classes: tuple[str, ...] = ()
+    allow_node_name: bool = False
+    allow_host_ports: bool = False
+    allow_tolerate_all: bool = False
+    allow_volume_name: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class TenantSpec:
     """What a tenant may deploy, from where, signed by whom, and into which namespaces."""
 
@@ -134,6 +153,7 @@ class TenantSpec:
     resource_quota: Mapping[str, Any] = field(default_factory=dict)
     limit_range: Mapping[str, Any] = field(default_factory=dict)
     limits: Mapping[str, Any] = field(default_factory=dict)  # budgets: see gitward.api.budgets
+    fields: FieldPolicy = FieldPolicy()
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +269,36 @@ def parse_tenant_spec(spec: Mapping[str, Any]) -> TenantSpec:
         resource_quota=_mapping(isolation.get("resourceQuota"), "spec.isolation.resourceQuota"),
         limit_range=_mapping(isolation.get("limitRange"), "spec.isolation.limitRange"),
         limits=_mapping(spec.get("limits"), "spec.limits"),
+        fields=_field_policy(policy),
+    )
+
+
+def _field_policy(policy: Mapping[str, Any]) -> FieldPolicy:
+    rbac = _mapping(policy.get("rbac"), "spec.policy.rbac")
+    services = _mapping(policy.get("services"), "spec.policy.services")
+    defaults = FieldPolicy()
+    cluster_roles = rbac.get("clusterRoles")
+    service_types = services.get("types")
+    return FieldPolicy(
+        cluster_roles=_strings(cluster_roles, "spec.policy.rbac.clusterRoles")
+        if cluster_roles is not None
+        else defaults.cluster_roles,
+        rbac_users=_strings(rbac.get("users"), "spec.policy.rbac.users"),
+        rbac_groups=_strings(rbac.get("groups"), "spec.policy.rbac.groups"),
+        service_types=_strings(service_types, "spec.policy.services.types")
+        if service_types is not None
+        else defaults.service_types,
+        allow_external_ips=bool(services.get("allowExternalIPs", False)),
+        load_balancer_source_ranges=_strings(
+            services.get("loadBalancerSourceRanges"), "spec.policy.services.loadBalancerSourceRanges"
+        ),
+        ingress_hosts=_strings(policy.get("ingressHosts"), "spec.policy.ingressHosts"),
+        priority_classes=_strings(policy.get("priorityClasses"), "spec.policy.priorityClasses"),
+        storage_classes=_strings(policy.get("storageClasses"), "spec.policy.storageClasses"),
+        allow_node_name=bool(policy.get("allowNodeName", False)),
+        allow_host_ports=bool(policy.get("allowHostPorts", False)),
+        allow_tolerate_all=bool(policy.get("allowTolerateAll", False)),
+        allow_volume_name=bool(policy.get("allowVolumeName", False)),
     )
 
 

@@ -133,6 +133,9 @@ def rbac(ns: str, *, tenant_name: str, kinds: Iterable[KindInfo]) -> list[dict[s
             "apiVersion": "v1",
             "kind": "ServiceAccount",
             "metadata": _meta(TENANT_SERVICE_ACCOUNT, ns, tenant_name),
+            # gitward acts as this account by impersonation and never needs its token: a Pod that
+            # names it (policy refuses that too) gets no credentials to climb out with.
+            "automountServiceAccountToken": False,
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",

@@ -17,7 +17,7 @@ from typing import Any
 from gitward.api.conditions import Reason
 from gitward.api.resources import TenantSpec
 from gitward.errors import Stalled
-from gitward.policy import podsecurity
+from gitward.policy import fields, podsecurity
 from gitward.policy.kinds import (
     KNOWN,
     NEVER_ALLOWED,
@@ -30,8 +30,6 @@ from gitward.render.manifests import Manifest
 
 RESERVED_PREFIX = "gitward-"
 FORBIDDEN_VERBS = frozenset({"escalate", "bind", "impersonate", "*"})
-BINDABLE_CLUSTER_ROLES = frozenset({"view", "edit"})
-BROAD_GROUPS = frozenset({"system:authenticated", "system:unauthenticated", "system:serviceaccounts"})
 MAX_LISTED = 50
 
 
@@ -56,7 +54,7 @@ def _dig(obj: Mapping[str, Any], path: Sequence[str]) -> Mapping[str, Any] | Non
     return current if isinstance(current, Mapping) else None
 
 
-def _rbac(manifest: Manifest, key: str, namespace: str) -> list[tuple[Reason, str]]:
+def _rbac(manifest: Manifest, key: str, tenant: TenantSpec) -> list[tuple[Reason, str]]:
     found: list[tuple[Reason, str]] = []
     obj = manifest.obj
     if key == "rbac.authorization.k8s.io/Role":
@@ -69,33 +67,28 @@ def _rbac(manifest: Manifest, key: str, namespace: str) -> list[tuple[Reason, st
             if "*" in (rule.get("resources") or ()) or "*" in (rule.get("apiGroups") or ()):
                 found.append((Reason.POLICY_VIOLATION, "grants '*' resources or API groups"))
     if key == "rbac.authorization.k8s.io/RoleBinding":
-        role_ref = obj.get("roleRef") or {}
-        if role_ref.get("kind") == "ClusterRole" and role_ref.get("name") not in BINDABLE_CLUSTER_ROLES:
-            found.append(
-                (
-                    Reason.POLICY_VIOLATION,
-                    f"binds ClusterRole {role_ref.get('name')!r}; only view and edit may be bound",
-                )
-            )
-        for subject in obj.get("subjects") or ():
-            if not isinstance(subject, Mapping):
-                continue
-            if subject.get("kind") == "ServiceAccount" and subject.get("namespace", namespace) != namespace:
-                found.append(
-                    (
-                        Reason.NAMESPACE_VIOLATION,
-                        (
-                            f"binds ServiceAccount {subject.get('namespace')}/{subject.get('name')}, "
-                            "which is in another namespace"
-                        ),
-                    )
-                )
-            if subject.get("kind") == "Group" and (
-                subject.get("name") in BROAD_GROUPS
-                or str(subject.get("name", "")).startswith("system:serviceaccounts:")
-            ):
-                found.append((Reason.POLICY_VIOLATION, f"binds the broad group {subject.get('name')!r}"))
+        found.extend(fields.role_binding(obj, tenant.fields, tenant.namespaces))
     return found
+
+
+_ROUTES = frozenset(
+    f"gateway.networking.k8s.io/{kind}"
+    for kind in ("HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute", "UDPRoute")
+)
+
+
+def _fields(manifest: Manifest, key: str, tenant: TenantSpec) -> list[str]:
+    """What the object's fields would reach outside the tenant (see ``policy.fields``)."""
+    obj, policy = manifest.obj, tenant.fields
+    if key == "Service":
+        return list(fields.service(obj, policy))
+    if key in ("networking.k8s.io/Ingress", "extensions/Ingress"):
+        return list(fields.ingress(obj, policy))
+    if key in _ROUTES:
+        return list(fields.route(obj, policy))
+    if key == "PersistentVolumeClaim":
+        return list(fields.claim(obj, policy))
+    return []
 
 
 def _object_violations(
@@ -129,7 +122,8 @@ def _object_violations(
                 f"names starting with {RESERVED_PREFIX!r} are reserved for the tenant's fence",
             )
         )
-    found.extend(_rbac(manifest, key, namespace))
+    found.extend(_rbac(manifest, key, tenant))
+    found.extend((Reason.POLICY_VIOLATION, problem) for problem in _fields(manifest, key, tenant))
     if key == "Secret":
         if manifest.obj.get("type") == "kubernetes.io/service-account-token":
             found.append(
@@ -142,6 +136,7 @@ def _object_violations(
     if key in POD_SPEC_PATHS:
         spec = _dig(manifest.obj, POD_SPEC_PATHS[key])
         if spec is not None:
+            found.extend((Reason.POLICY_VIOLATION, problem) for problem in fields.pod(spec, tenant.fields))
             level = tenant.pod_security
             found.extend(
                 (Reason.POLICY_VIOLATION, f"pod security {level}: {problem}")
