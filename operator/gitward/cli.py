@@ -168,8 +168,9 @@ def _verify(args: argparse.Namespace) -> int:
             as_tenant=lambda _namespace, _account: objects,  # verify stops before anything is applied
             fetch_options=git.FetchOptions(cache_root=Path(cache), allow_file_transport=True),
         )
-        app = {"metadata": {"name": "cli-verify"}, "status": {"lastAppliedRevision": args.last_applied or ""}}
-        run = Run(app=app, services=services)
+        run = Run(
+            app={"metadata": {"name": "cli-verify"}}, services=services, baseline=args.last_applied or ""
+        )
         try:
             run.resolved = resolve_local(
                 str(repo_path), tenant_name=args.tenant, branch=args.branch, reader=reader

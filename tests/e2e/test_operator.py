@@ -202,6 +202,20 @@ def test_unsigned_and_force_push_are_refused_and_change_nothing(operator, world)
     assert world.status()["lastAppliedRevision"] == second
 
 
+def test_a_rewound_status_does_not_move_the_fast_forward_baseline(operator, world):
+    """Status is a view: with lastAppliedRevision rewound (as an admin could), a force-push back is still refused."""
+    first = deployed(world)
+    second = push(world, {"deploy/config.yaml": configmap("settings", v="2")})
+    wake(operator, world, second)
+    applied(world, second)
+    world.objects.merge_patch(world.app_ref, {"status": {"lastAppliedRevision": first}}, subresource="status")
+    world.work.git("reset", "-q", "--hard", first)
+    world.work.push(force=True)
+    wake(operator, world, first)
+    refused(world, "NonFastForward")
+    assert world.configmap("settings") == {"v": "2"}
+
+
 def test_revert_and_rollback_to(operator, world):
     """git revert rolls back like any commit; spec.rollbackTo re-applies a recorded commit and holds there."""
     deployed(world)

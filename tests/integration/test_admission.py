@@ -176,3 +176,79 @@ def test_app_status_and_records_are_written_only_by_the_operator(admin, intruder
     custom.patch_namespaced_custom_object(
         resources.GROUP, resources.VERSION, namespace, "gitopsapps", "web", {"spec": {"suspend": False}}
     )
+
+
+@pytest.fixture
+def operator_with_every_permission(admin, as_service_account):
+    """gitward's own ServiceAccount, bound to cluster-admin for the test, so that only admission holds it back."""
+    core, rbac = client.CoreV1Api(admin), client.RbacAuthorizationV1Api(admin)
+    try:
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="gitward-system")))
+    except client.ApiException as error:
+        if error.status != 409:
+            raise
+    name = f"operator-everything-{uuid.uuid4().hex[:6]}"
+    api = as_service_account("gitward-system", "gitward", via="impersonation")
+    rbac.create_cluster_role_binding(
+        client.V1ClusterRoleBinding(
+            metadata=client.V1ObjectMeta(name=name),
+            role_ref=client.V1RoleRef(
+                api_group="rbac.authorization.k8s.io", kind="ClusterRole", name="cluster-admin"
+            ),
+            subjects=[
+                client.RbacV1Subject(kind="ServiceAccount", name="gitward", namespace="gitward-system")
+            ],
+        )
+    )
+    try:
+        wait_until(lambda: _allowed(api, "default"), timeout=30, what="the binding to reach the authorizer")
+        yield api
+    finally:
+        rbac.delete_cluster_role_binding(name)
+
+
+def test_the_operator_itself_is_held_to_its_job(admin, operator_with_every_permission):
+    """Even with every RBAC permission, the operator binds only gitward roles in tenant namespaces and relabels no system namespace."""
+    api = operator_with_every_permission
+    tenant_ns, plain_ns = f"t-{uuid.uuid4().hex[:6]}", f"p-{uuid.uuid4().hex[:6]}"
+    core_admin = client.CoreV1Api(admin)
+    core_admin.create_namespace(
+        client.V1Namespace(
+            metadata=client.V1ObjectMeta(name=tenant_ns, labels={"gitward.dev/tenant": "team-a"})
+        )
+    )
+    core_admin.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=plain_ns)))
+    rbac, core = client.RbacAuthorizationV1Api(api), client.CoreV1Api(api)
+    probe = f"gitward-probe-{uuid.uuid4().hex[:6]}"
+    client.RbacAuthorizationV1Api(admin).create_cluster_role(
+        client.V1ClusterRole(metadata=client.V1ObjectMeta(name=probe), rules=[])
+    )
+
+    def binding(role: str) -> client.V1RoleBinding:
+        return client.V1RoleBinding(
+            metadata=client.V1ObjectMeta(name=f"b-{uuid.uuid4().hex[:6]}"),
+            role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=role),
+            subjects=[
+                client.RbacV1Subject(kind="ServiceAccount", name="gitward-tenant", namespace=tenant_ns)
+            ],
+        )
+
+    try:
+        denied(
+            lambda: rbac.create_namespaced_role_binding(tenant_ns, binding("cluster-admin")),
+            "binds only gitward",
+        )
+        denied(
+            lambda: rbac.create_namespaced_role_binding(plain_ns, binding("gitward-tenant")),
+            "binds only gitward",
+        )
+        rbac.create_namespaced_role_binding(tenant_ns, binding(probe))
+        relabel = {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "privileged"}}}
+        denied(lambda: core.patch_namespace("kube-public", relabel), "system namespace")
+        move = {"metadata": {"labels": {"gitward.dev/tenant": "team-b"}}}
+        denied(lambda: core.patch_namespace(tenant_ns, move), "from one tenant to another")
+        core.patch_namespace(plain_ns, {"metadata": {"labels": {"gitward.dev/tenant": "team-b"}}})
+    finally:
+        for name in (tenant_ns, plain_ns):
+            core_admin.delete_namespace(name)
+        client.RbacAuthorizationV1Api(admin).delete_cluster_role(probe)

@@ -125,7 +125,7 @@ def run_pipeline(
     services = Services(
         reader=reader, operator=objects, as_tenant=lambda _ns, _sa: objects, fetch_options=world["options"]
     )
-    run = Run(app={**app, "status": {"lastAppliedRevision": last_applied or ""}}, services=services)
+    run = Run(app=app, services=services, baseline=last_applied or "")
     run_steps(run, stop_after=Step.TRUST)
     assert run.verified is not None
     handed_on.append(run.verified)

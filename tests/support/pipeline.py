@@ -201,10 +201,14 @@ class Harness:
             operator_account=operator_account,
         )
         status = {
-            "lastAppliedRevision": self.last_applied or "",
             "inventory": [ref.to_inventory() for ref in self.inventory],
         }
-        run = Run(app={**self.app(), "status": status}, services=services, limits=limits)
+        run = Run(
+            app={**self.app(), "status": status},
+            services=services,
+            limits=limits,
+            baseline=self.last_applied or "",
+        )
         unhealthy = None
         try:
             run_steps(run, stop_after=Step.HEALTH if wait else Step.APPLY)

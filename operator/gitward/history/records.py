@@ -164,6 +164,15 @@ def chain_breaks(records: Sequence[Mapping[str, Any]]) -> list[str]:
     return broken
 
 
+def last_applied(records: Sequence[Mapping[str, Any]]) -> str:
+    """The commit the operator last put in the cluster (applied, rolled back to, or applied but unhealthy)."""
+    applied = (Outcome.APPLIED, Outcome.ROLLED_BACK, Outcome.FAILED)
+    for record in sorted(records, key=sequence_of, reverse=True):
+        if (record.get("spec") or {}).get("outcome") in applied:
+            return str(record["spec"].get("commit") or "")
+    return ""
+
+
 def successful_commits(records: Sequence[Mapping[str, Any]]) -> set[str]:
     """Commits that were applied successfully at least once (the targets a rollback may choose)."""
     return {

@@ -137,6 +137,8 @@ def _deliver(
     """Trust, render, policy, dry-run, apply and health for ``run.target`` (or the head)."""
     commit = run.target or run.head
     try:
+        if not run.target:
+            run.baseline = rollback.baseline(run)
         run_steps(run, start=Step.TRUST)
     except Waiting as error:
         return _waiting(run, error)

@@ -12,14 +12,23 @@ from __future__ import annotations
 from gitward.api.conditions import Reason
 from gitward.errors import Stalled
 from gitward.history import store
-from gitward.history.records import successful_commits
+from gitward.history.records import last_applied, successful_commits
 from gitward.reconcile.state import Run
 from gitward.reconcile.status import Hold, Step
 from gitward.reconcile.steps import run_steps
 
 
+def baseline(run: Run) -> str:
+    """The fast-forward baseline: the last commit applied, from the operator's own records.
+
+    Only the operator writes records (admission, manifests/admission.yaml), so
+    a rewound ``status.lastAppliedRevision`` moves nothing.
+    """
+    return last_applied(store.list_records(run.services.operator, run.namespace, run.name))
+
+
 def check_target(run: Run, target: str) -> None:
-    """``RollbackNotAllowed`` unless ``target`` was applied successfully before and is still fetchable."""
+    """``RollbackNotAllowed`` unless ``target`` was applied before and is in the allowed branch's history."""
     if run.repo is None:
         raise RuntimeError("the fetch step has not run")
     records = store.list_records(run.services.operator, run.namespace, run.name)
@@ -30,6 +39,11 @@ def check_target(run: Run, target: str) -> None:
         )
     if not run.repo.has_commit(target):
         raise Stalled(Reason.ROLLBACK_NOT_ALLOWED, f"{target[:12]} is not in the repository any more")
+    if not run.repo.is_ancestor(target, run.head):
+        raise Stalled(
+            Reason.ROLLBACK_NOT_ALLOWED,
+            f"{target[:12]} is not in the history of the allowed branch (head {run.head[:12]})",
+        )
 
 
 def hold_for(run: Run, target: str) -> Hold:

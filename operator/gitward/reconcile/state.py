@@ -79,6 +79,9 @@ class Run:
     preview: bool = False  # gitward diff: write nothing, not even the fence
     limits: Limits | None = None  # render limits instead of the tenant's budgets (tests)
     previous: Sequence[ObjectRef] | None = None  # inventory to prune from, instead of the status's
+    # The fast-forward baseline: the last commit the operator applied, from its own records (the
+    # status is a view for people, not trust state). Empty on a first apply.
+    baseline: str = ""
 
     def __post_init__(self) -> None:
         metadata = self.app.get("metadata") or {}

@@ -101,7 +101,7 @@ def trust(run: Run) -> None:
     run.verified = verify(
         run.checkout,
         run.repo,
-        last_applied=run.status.last_applied or None,
+        last_applied=run.baseline or None,
         settings=resolved.trust,
         keys=resolved.keys,
     )
