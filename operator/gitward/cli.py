@@ -259,6 +259,7 @@ def _run(args: argparse.Namespace) -> int:
         ceilings=budgets.parse_ceilings(args.budget_ceiling),
         reconcile_workers=args.reconcile_workers,
         tenant_concurrency=args.tenant_concurrency,
+        metrics_auth=args.metrics_auth,
     )
     kopf.run(
         clusterwide=True,
@@ -358,6 +359,11 @@ def _add_run_parser(commands: Any) -> None:  # noqa: ANN401 - argparse's private
         type=int,
         default=4,
         help="reconciles one tenant may run at once, so one tenant cannot take every worker",
+    )
+    run.add_argument(
+        "--metrics-auth",
+        action="store_true",
+        help="serve /metrics only to bearer tokens that may get /metrics (TokenReview, SubjectAccessReview)",
     )
     run.add_argument("--verbose", action="store_true", help="log every kopf step")
     run.add_argument("--log-json", action="store_true", help="kopf's own logs as JSON too")

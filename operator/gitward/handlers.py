@@ -45,6 +45,7 @@ from gitward.errors import GitwardError, Stalled, Waiting
 from gitward.kube import clients
 from gitward.kube.cached import CachedReader
 from gitward.kube.objects import APIError, Objects
+from gitward.kube.reviews import MetricsAccess
 from gitward.reconcile import app as reconcile
 from gitward.reconcile.decide import next_delay, step_of
 from gitward.reconcile.state import Services
@@ -75,6 +76,7 @@ class Config:
     reconcile_workers: int = 16
     tenant_concurrency: int = 4
     webhook_workers: int = 2
+    metrics_auth: bool = False  # /metrics only for bearer tokens allowed to get /metrics (TokenReview + SAR)
     default_workers: int = 4
 
 
@@ -195,7 +197,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     async def secret_for(namespace: str, name: str) -> bytes | None:
         return await pools.lookup(functools.partial(_webhook_secret, operator, namespace, name))
 
+    access = MetricsAccess(operator.api) if config.metrics_auth else None
+
+    async def metrics_access(token: str) -> bool:
+        assert access is not None  # noqa: S101 - only wired when configured
+        return await pools.lookup(functools.partial(access.allowed, token))
+
     app = webhook.make_app(
+        metrics_access=metrics_access if access is not None else None,
         secret_for=secret_for,
         wake=lambda ns, n: wake(memo, ns, n, Trigger.WEBHOOK),
         serves=lambda ns, n: (ns, n) in memo.wakeups,  # an unauthenticated guess at an app costs nothing

@@ -277,11 +277,33 @@ async def _read_body(request: web.Request) -> bytes | None:
     return b"".join(chunks)
 
 
+def _metrics_endpoint(
+    metrics_access: Callable[[str], Awaitable[bool]] | None,
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """``/metrics``, open or (with ``metrics_access``) only for bearer tokens it allows."""
+
+    async def metrics_endpoint(request: web.Request) -> web.Response:
+        """Prometheus text, after the token check when one is configured."""
+        if metrics_access is not None:
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            try:
+                allowed = scheme.lower() == "bearer" and await metrics_access(token.strip())
+            except Exception as error:  # noqa: BLE001 - the API server's trouble is the caller's 503
+                _log.warning("metrics access review failed", error=type(error).__name__)
+                return web.Response(status=503, text="cannot check the token now\n")
+            if not allowed:
+                return web.Response(status=401, text="unauthorized\n", headers={"WWW-Authenticate": "Bearer"})
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return metrics_endpoint
+
+
 def make_app(
     *,
     secret_for: SecretLookup,
     wake: Wake,
     serves: Callable[[str, str], bool] | None = None,
+    metrics_access: Callable[[str], Awaitable[bool]] | None = None,
     clock: Clock = time.monotonic,
     secret_ttl: float = 30.0,
     cache_size: int = 4096,
@@ -299,6 +321,8 @@ def make_app(
         secret_for: Looks up a route's shared secret (None if it has none); only
             ever called with a valid namespace and name.
         wake: Wakes the app's reconcile; False if no such app runs here.
+        metrics_access: When set, ``/metrics`` answers only a bearer token it allows (401 otherwise);
+            the operator checks the token with TokenReview and SubjectAccessReview.
         serves: Whether an app runs here (from memory): a route it does not serve is 404 at no cost,
             and nothing about it is cached, so an app that starts a moment later is reachable at once.
         clock: Monotonic seconds, for the cache TTL, the rate limit and the replay window.
@@ -366,14 +390,11 @@ def make_app(
         delivered.add(delivery)  # only once accepted: a delivery to an app not yet running may come again
         return _reply(202, "accepted", "reconcile requested\n")
 
-    async def metrics_endpoint(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
     app = web.Application(client_max_size=MAX_BODY)
     app.router.add_post("/hooks/{namespace}/{app}", hook)
-    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/metrics", _metrics_endpoint(metrics_access))
     app.router.add_get("/healthz", healthz)
     return app

@@ -580,3 +580,31 @@ def test_an_app_not_running_here_costs_nothing_and_is_reachable_once_it_starts()
     assert after == 202
     assert lookups.calls == [("team-a", "web")]
     assert woken == [("team-a", "web")]
+
+
+def test_metrics_answer_only_an_allowed_bearer_token_when_access_is_checked():
+    """With metrics_access, /metrics is 401 without a token or with a refused one, 200 with an allowed one."""
+    seen: list[str] = []
+
+    async def access(token: str) -> bool:
+        seen.append(token)
+        return token == "good"
+
+    app = make_app(secret_for=Lookups(), wake=Woken(), metrics_access=access)
+    attempts = [
+        {},
+        {"Authorization": "Bearer bad"},
+        {"Authorization": "Basic good"},
+        {"Authorization": "Bearer good"},
+    ]
+
+    async def scenario():
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        try:
+            return [(await client.get("/metrics", headers=headers)).status for headers in attempts]
+        finally:
+            await client.close()
+
+    assert asyncio.run(scenario()) == [401, 401, 401, 200]
+    assert seen == ["bad", "good"]
