@@ -317,9 +317,17 @@ def test_a_restarted_operator_resumes_without_duplicates(
 
 
 def test_deleting_the_app_prunes_what_it_owns(operator, world):
-    """The finalizer deletes the app's objects (prune: true), as the tenant."""
+    """The finalizer deletes the app's objects (prune: true), as the tenant, and nothing it does not own."""
     deployed(world)
+    client.CoreV1Api(world.admin).create_namespaced_config_map(
+        world.namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="human"), data={"keep": "me"})
+    )
+    inventory = [*world.status()["inventory"], {"group": "", "version": "v1", "kind": "ConfigMap",
+                                                "namespace": world.namespace, "name": "human"}]  # fmt: skip
+    world.objects.merge_patch(world.app_ref, {"status": {"inventory": inventory}}, subresource="status")
     client.CustomObjectsApi(world.admin).delete_namespaced_custom_object(
         "gitward.dev", "v1alpha1", world.namespace, "gitopsapps", "web"
     )
     wait_until(lambda: world.configmap("settings") is None, timeout=60, what="the ConfigMap to be pruned")
+    wait_until(lambda: world.objects.get(world.app_ref) is None, timeout=60, what="the app to be gone")
+    assert world.configmap("human") == {"keep": "me"}

@@ -252,3 +252,44 @@ def test_the_operator_itself_is_held_to_its_job(admin, operator_with_every_permi
         for name in (tenant_ns, plain_ns):
             core_admin.delete_namespace(name)
         client.RbacAuthorizationV1Api(admin).delete_cluster_role(probe)
+
+
+def test_gitwards_impersonated_account_cannot_write_status_or_records(
+    admin, namespace, as_service_account, crds
+):
+    """The account gitward applies as (gitward-tenant) can write neither app status nor records."""
+    api = as_service_account(namespace, "gitward-tenant", via="impersonation")
+    custom = client.CustomObjectsApi(api)
+    app = {
+        "apiVersion": resources.API_VERSION,
+        "kind": "GitOpsApp",
+        "metadata": {"name": "web", "namespace": namespace},
+        "spec": {"tenant": "team-a", "source": {"url": "https://git.example.com/a.git"}},
+    }
+    client.CustomObjectsApi(admin).create_namespaced_custom_object(
+        resources.GROUP, resources.VERSION, namespace, "gitopsapps", app
+    )
+    with pytest.raises(client.ApiException) as status_write:
+        custom.patch_namespaced_custom_object_status(
+            resources.GROUP,
+            resources.VERSION,
+            namespace,
+            "gitopsapps",
+            "web",
+            {"status": {"lastAppliedRevision": "x"}},
+        )
+    assert status_write.value.status == 403
+    with pytest.raises(client.ApiException) as record_write:
+        custom.create_namespaced_custom_object(
+            resources.GROUP,
+            resources.VERSION,
+            namespace,
+            "gitopsrevisions",
+            {
+                "apiVersion": resources.API_VERSION,
+                "kind": "GitOpsRevision",
+                "metadata": {"name": "r"},
+                "spec": {},
+            },
+        )
+    assert record_write.value.status == 403
