@@ -8,6 +8,8 @@ from gitward.history.records import (
     Attempt,
     Outcome,
     chain_breaks,
+    last_applied,
+    last_healthy,
     record_name,
     revision_body,
     spec_digest,
@@ -93,3 +95,24 @@ def test_records_are_owned_by_their_app_and_carry_no_secret():
         "app", "commit", "signer", "author", "message", "trigger", "changes", "outcome", "reason",
         "startedAt", "finishedAt", "previousDigest",
     }  # fmt: skip
+
+
+def _record(sequence: int, commit: str, outcome: str, reason: str) -> dict:
+    return {
+        "metadata": {"name": f"r{sequence}", "labels": {"gitward.dev/sequence": str(sequence)}},
+        "spec": {"commit": commit, "outcome": outcome, "reason": reason},
+    }
+
+
+def test_the_baseline_and_the_healthy_target_come_from_the_newest_fitting_record():
+    """last_applied counts what reached the cluster (applied, rolled back, failed health); last_healthy only the healthy."""
+    records = [
+        _record(1, "a", "Applied", "Succeeded"),
+        _record(3, "c", "Refused", "UnsignedCommit"),
+        _record(2, "b", "Failed", "HealthTimeout"),
+    ]
+    assert last_applied(records) == "b"
+    assert last_healthy(records) == "a"
+    records.append(_record(4, "a", "RolledBack", "RolledBack"))
+    assert (last_applied(records), last_healthy(records)) == ("a", "a")
+    assert (last_applied([]), last_healthy([])) == ("", "")

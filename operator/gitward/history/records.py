@@ -173,6 +173,18 @@ def last_applied(records: Sequence[Mapping[str, Any]]) -> str:
     return ""
 
 
+def last_healthy(records: Sequence[Mapping[str, Any]]) -> str:
+    """The commit last applied and found healthy (the automatic rollback target)."""
+    for record in sorted(records, key=sequence_of, reverse=True):
+        spec = record.get("spec") or {}
+        if (spec.get("outcome"), spec.get("reason")) in (
+            (Outcome.APPLIED, Reason.SUCCEEDED),
+            (Outcome.ROLLED_BACK, Reason.ROLLED_BACK),
+        ):
+            return str(spec.get("commit") or "")
+    return ""
+
+
 def successful_commits(records: Sequence[Mapping[str, Any]]) -> set[str]:
     """Commits that were applied successfully at least once (the targets a rollback may choose)."""
     return {

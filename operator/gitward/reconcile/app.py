@@ -182,8 +182,8 @@ def _unhealthy(run: Run, failure: Stalled, *, trigger: Trigger) -> Finish:
     }
     inventory = [ref.to_inventory() for ref in run.result.inventory]
     stuck = {"lastAppliedRevision": failed, "lastAttemptedRevision": failed, "inventory": inventory}
-    healthy = run.status.last_healthy
-    if not (resolved.spec.auto_rollback and healthy and healthy != failed):
+    healthy = rollback.healthy_target(run) if resolved.spec.auto_rollback else ""
+    if not (healthy and healthy != failed):
         return Finish(
             Outcome(Action.DEPLOY, failure.reason, ready=False, commit=failed),
             conditions=conditions_for_failure(failure.reason, failure.message, run.generation),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from gitward.api.conditions import Reason
 from gitward.errors import Stalled
 from gitward.history import store
-from gitward.history.records import last_applied, successful_commits
+from gitward.history.records import last_applied, last_healthy, successful_commits
 from gitward.reconcile.state import Run
 from gitward.reconcile.status import Hold, Step
 from gitward.reconcile.steps import run_steps
@@ -25,6 +25,11 @@ def baseline(run: Run) -> str:
     a rewound ``status.lastAppliedRevision`` moves nothing.
     """
     return last_applied(store.list_records(run.services.operator, run.namespace, run.name))
+
+
+def healthy_target(run: Run) -> str:
+    """The automatic rollback target: the last commit a record says was applied and healthy."""
+    return last_healthy(store.list_records(run.services.operator, run.namespace, run.name))
 
 
 def check_target(run: Run, target: str) -> None:
