@@ -157,6 +157,27 @@ class Served:
             return response.status, await response.text(), dict(response.headers)
 
 
+class Arrivals:
+    """A ``serves`` probe: counts requests that got past route checks (nothing awaits between that and the lookup)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.changed = asyncio.Condition()
+
+    def __call__(self, *_route: str) -> bool:
+        self.count += 1
+        asyncio.get_running_loop().create_task(self._notify())
+        return True
+
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def until(self, count: int) -> None:
+        async with self.changed:
+            await asyncio.wait_for(self.changed.wait_for(lambda: self.count >= count), 5)
+
+
 def hook_app(lookups: Lookups, woken: Woken | None = None, **options):
     return make_app(secret_for=lookups, wake=woken if woken is not None else Woken(), **options)
 
@@ -269,10 +290,10 @@ def test_concurrent_requests_share_one_lookup():
     lookups = Lookups(held=True)
 
     async def scenario():
-        async with Served(hook_app(lookups, burst=1000)) as served:
+        arrivals = Arrivals()
+        async with Served(hook_app(lookups, burst=1000, serves=arrivals)) as served:
             pending = [asyncio.create_task(served.post("/hooks/team-a/web")) for _ in range(20)]
-            await lookups.until_called(1)
-            await asyncio.sleep(0.05)
+            await arrivals.until(20)  # all 20 are at the lookup: without single flight each would start one
             lookups.release.set()
             return [status for status, _, _ in await asyncio.gather(*pending)]
 
@@ -285,10 +306,11 @@ def test_lookups_run_at_most_max_lookups_at_once():
     lookups = Lookups(held=True)
 
     async def scenario():
-        async with Served(hook_app(lookups, max_lookups=2)) as served:
+        arrivals = Arrivals()
+        async with Served(hook_app(lookups, max_lookups=2, serves=arrivals)) as served:
             pending = [asyncio.create_task(served.post(f"/hooks/team-a/app-{i}")) for i in range(8)]
+            await arrivals.until(8)  # all 8 are at the semaphore
             await lookups.until_called(2)
-            await asyncio.sleep(0.05)
             assert len(lookups.calls) == 2
             lookups.release.set()
             return [status for status, _, _ in await asyncio.gather(*pending)]
@@ -303,10 +325,11 @@ def test_lookup_backlog_is_bounded():
     lookups = Lookups(held=True)
 
     async def scenario():
-        async with Served(hook_app(lookups, max_lookups=1, lookup_backlog=2)) as served:
+        arrivals = Arrivals()
+        async with Served(hook_app(lookups, max_lookups=1, lookup_backlog=2, serves=arrivals)) as served:
             pending = [asyncio.create_task(served.post(f"/hooks/team-a/app-{i}")) for i in range(2)]
+            await arrivals.until(2)  # both are pending lookups
             await lookups.until_called(1)
-            await asyncio.sleep(0.05)
             status, _, headers = await served.post("/hooks/team-a/third")
             lookups.release.set()
             await asyncio.gather(*pending)
@@ -328,7 +351,7 @@ def test_slow_lookup_is_503_and_its_answer_is_still_cached():
         async with Served(hook_app(lookups, lookup_timeout=0.05)) as served:
             first = (await served.post("/hooks/team-a/web", headers=signed()))[0]
             lookups.release.set()
-            await asyncio.sleep(0.05)
+            # Still in flight or already cached: either way the second request costs no new lookup.
             second = (await served.post("/hooks/team-a/web", headers=signed()))[0]
             return first, second
 
