@@ -17,14 +17,11 @@ Uses $KUBECONFIG if set, else starts (and stops) its own hack/cluster.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -39,21 +36,8 @@ from gitward.fence.ensure import ensure_namespace
 from gitward.kube import clients
 from gitward.kube.objects import Objects
 from gitward.render.manifests import Manifest
+from support.kube import benchmark_cluster
 from support.toolpaths import kubectl_binary
-
-
-@contextlib.contextmanager
-def cluster() -> Iterator[str]:
-    if os.environ.get("KUBECONFIG"):
-        yield os.environ["KUBECONFIG"]
-        return
-    with tempfile.TemporaryDirectory(prefix="gitward-bench-cluster-") as state:
-        cli = [sys.executable, str(REPO / "hack" / "cluster")]
-        subprocess.run([*cli, "up", "--state-dir", state], check=True, stdout=subprocess.DEVNULL)
-        try:
-            yield str(Path(state) / "admin.kubeconfig")
-        finally:
-            subprocess.run([*cli, "down", "--state-dir", state], check=False, capture_output=True)
 
 
 def configmaps(count: int, namespace: str, generation: int) -> list[Manifest]:
@@ -92,7 +76,7 @@ def main() -> int:
             "isolation": {"networkPolicy": "default-deny"},
         }
     )
-    with cluster() as kubeconfig:
+    with benchmark_cluster() as kubeconfig:
         configuration = clients.load_configuration(kubeconfig)
         admin = Objects(clients.api_client(configuration))
         kubectl = kubectl_binary()

@@ -20,11 +20,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -36,24 +34,11 @@ sys.path.insert(0, str(REPO / "tests"))
 from gitward.kube import clients
 from support.gitservers import HttpsGitServer
 from support.hostile import ATTACKS
+from support.kube import benchmark_cluster
 from support.operator import OperatorProcess, World
 from support.pipeline import configmap
 
 TARGET_MIB = 256
-
-
-@contextlib.contextmanager
-def cluster() -> Iterator[str]:
-    if os.environ.get("KUBECONFIG"):
-        yield os.environ["KUBECONFIG"]
-        return
-    with tempfile.TemporaryDirectory(prefix="gitward-bench-cluster-") as state:
-        cli = [sys.executable, str(REPO / "hack" / "cluster")]
-        subprocess.run([*cli, "up", "--state-dir", state], check=True, stdout=subprocess.DEVNULL)
-        try:
-            yield str(Path(state) / "admin.kubeconfig")
-        finally:
-            subprocess.run([*cli, "down", "--state-dir", state], check=False, capture_output=True)
 
 
 def install_crds(api: client.ApiClient) -> None:
@@ -136,7 +121,7 @@ def main() -> int:
     args = parser.parse_args()
     rows = args.only or ["idle", *sorted(ATTACKS)]
     results = []
-    with cluster() as kubeconfig, tempfile.TemporaryDirectory(prefix="gitward-bench-rss-") as tmp:
+    with benchmark_cluster() as kubeconfig, tempfile.TemporaryDirectory(prefix="gitward-bench-rss-") as tmp:
         api = clients.api_client(clients.load_configuration(kubeconfig))
         install_crds(api)
         root = Path(tmp)

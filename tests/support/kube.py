@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+
+from support.paths import CLUSTER
 
 
 def api_error_message(error: ApiException) -> str:
@@ -30,3 +37,18 @@ def temporary_namespace(admin: client.ApiClient, prefix: str = "t") -> Iterator[
     finally:
         with contextlib.suppress(ApiException):
             core.delete_namespace(name)
+
+
+@contextlib.contextmanager
+def benchmark_cluster() -> Iterator[str]:
+    """$KUBECONFIG if set; else a local control plane from hack/cluster, started and stopped around the block."""
+    if os.environ.get("KUBECONFIG"):
+        yield os.environ["KUBECONFIG"]
+        return
+    with tempfile.TemporaryDirectory(prefix="gitward-bench-cluster-") as state:
+        cli = [sys.executable, str(CLUSTER)]
+        subprocess.run([*cli, "up", "--state-dir", state], check=True, stdout=subprocess.DEVNULL)
+        try:
+            yield str(Path(state) / "admin.kubeconfig")
+        finally:
+            subprocess.run([*cli, "down", "--state-dir", state], check=False, capture_output=True)
