@@ -144,7 +144,7 @@ def test_even_unchecked_kustomize_cannot_run_git(work, server):
     )
     with pytest.raises(Stalled) as error:
         build_only(work)
-    assert error.value.reason is Reason.YAML_REJECTED
+    assert error.value.reason is Reason.KUSTOMIZE_BUILD_FAILED
     assert "no 'git' program on path" in error.value.message
     assert server.connections == 0
 
@@ -154,7 +154,7 @@ def test_even_unchecked_kustomize_reaches_remote_hosts_only_through_a_closed_pro
     work.commit({"deploy/kustomization.yaml": "resources:\n- http://gitward-test.invalid/cm.yaml\n"})
     with pytest.raises(Stalled) as error:
         build_only(work)
-    assert error.value.reason is Reason.YAML_REJECTED
+    assert error.value.reason is Reason.KUSTOMIZE_BUILD_FAILED
     assert "proxyconnect" in error.value.message
     assert "127.0.0.1:9" in error.value.message
 

@@ -238,3 +238,28 @@ def test_a_yaml_bomb_behind_a_kustomization_is_refused_before_kustomize(work):
     error = refused(work)
     assert error.reason is Reason.YAML_REJECTED
     assert "deploy/bomb.yaml#0" in error.message
+
+
+def test_a_kustomization_kustomize_refuses_is_kustomize_build_failed(work):
+    """kustomize's own error (the same object from two files) has its own reason, and kustomize's message."""
+    work.commit(
+        {
+            "deploy/kustomization.yaml": "resources: [a.yaml, b.yaml]\n",
+            "deploy/a.yaml": CONFIGMAP.format(name="same"),
+            "deploy/b.yaml": CONFIGMAP.format(name="same"),
+        }
+    )
+    error = refused(work)
+    assert error.reason is Reason.KUSTOMIZE_BUILD_FAILED, error.message
+    assert "kustomize build of deploy failed" in error.message
+
+
+def test_generate_name_says_what_to_write_instead(work):
+    """An object with only metadata.generateName (another tool's hook Jobs) is told to use metadata.name."""
+    work.commit(
+        {"deploy/job.yaml": "apiVersion: batch/v1\nkind: Job\nmetadata: {generateName: migrate-}\nspec: {}\n"}
+    )
+    error = refused(work)
+    assert error.reason is Reason.YAML_REJECTED
+    assert "metadata.generateName is not supported" in error.message
+    assert "give it a metadata.name instead" in error.message

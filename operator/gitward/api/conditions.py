@@ -59,6 +59,7 @@ class Reason(enum.StrEnum):
     DUPLICATE_KEY = "DuplicateKey"
     REMOTE_REF_FORBIDDEN = "RemoteRefForbidden"
     RENDER_TOO_LARGE = "RenderTooLarge"  # documents, rendered bytes, kustomize time, memory or depth
+    KUSTOMIZE_BUILD_FAILED = "KustomizeBuildFailed"  # kustomize itself refused the kustomization
     # Policy
     NAMESPACE_VIOLATION = "NamespaceViolation"
     FORBIDDEN_KIND = "ForbiddenKind"

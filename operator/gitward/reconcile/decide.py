@@ -60,6 +60,7 @@ _STEP_OF: Mapping[Reason, ConditionType] = {
             Reason.SYMLINK_OUT_OF_BOUNDS,
             Reason.MANIFEST_TOO_LARGE,
             Reason.RENDER_TOO_LARGE,
+            Reason.KUSTOMIZE_BUILD_FAILED,
             Reason.YAML_REJECTED,
             Reason.DUPLICATE_KEY,
             Reason.REMOTE_REF_FORBIDDEN,

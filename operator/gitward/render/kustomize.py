@@ -617,7 +617,9 @@ def build(
         if result.code != 0:
             message = result.stderr.decode(errors="replace").replace(str(checkout) + "/", "")
             message = message.replace(str(base), "").strip()
-            raise Stalled(Reason.YAML_REJECTED, f"kustomize build of {shown} failed: {message[:800]}")
+            raise Stalled(
+                Reason.KUSTOMIZE_BUILD_FAILED, f"kustomize build of {shown} failed: {message[:800]}"
+            )
         if len(result.stdout) > limits.max_rendered_bytes:
             raise Stalled(
                 Reason.RENDER_TOO_LARGE,

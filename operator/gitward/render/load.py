@@ -61,6 +61,12 @@ def _objects(value: object, *, file: str, index: int) -> list[Manifest]:
         or not metadata.get("name")
     ):
         problems.append("metadata.name")
+    if problems == ["metadata.name"] and isinstance(metadata, Mapping) and metadata.get("generateName"):
+        raise Stalled(
+            Reason.YAML_REJECTED,
+            f"{file}#{index}: metadata.generateName is not supported: gitward applies every object by name "
+            "(server-side apply, pruning and the history need one); give it a metadata.name instead",
+        )
     if problems:
         raise Stalled(Reason.YAML_REJECTED, f"{file}#{index}: missing or invalid {', '.join(problems)}")
     return [Manifest(obj=value, file=file, document=index)]
