@@ -216,6 +216,25 @@ def test_a_rewound_status_does_not_move_the_fast_forward_baseline(operator, worl
     assert world.configmap("settings") == {"v": "2"}
 
 
+def test_manifests_written_for_other_tools_deploy_and_say_what_was_left_out(operator, world):
+    """A Namespace manifest for the app's own namespace is left out, an Argo CD hook annotation is ignored: both said."""
+    namespace = (
+        f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {world.namespace}\n  labels: {{team: a}}\n"
+    )
+    hook = (
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: hooked\n"
+        "  annotations: {argocd.argoproj.io/hook: PostSync}\ndata: {v: '1'}\n"
+    )
+    deployed(world, {"deploy/namespace.yaml": namespace, "deploy/hook.yaml": hook})
+    assert world.configmap("hooked") == {"v": "1"}
+    applied_condition = next(c for c in world.status()["conditions"] if c["type"] == "Applied")
+    for text in (applied_condition["message"], " ".join(world.records()[-1]["spec"]["notes"])):
+        assert f"left out Namespace/{world.namespace}" in text, text
+        assert "argocd.argoproj.io/hook" in text, text
+    labels = client.CoreV1Api(world.admin).read_namespace(world.namespace).metadata.labels or {}
+    assert "team" not in labels
+
+
 def test_revert_and_rollback_to(operator, world):
     """git revert rolls back like any commit; spec.rollbackTo re-applies a recorded commit and holds there."""
     deployed(world)

@@ -57,6 +57,7 @@ class Attempt:
     subject: str = ""
     manifest_digest: str = ""
     changes: Sequence[Mapping[str, str]] = field(default_factory=tuple)
+    notes: Sequence[str] = field(default_factory=tuple)  # what policy left out or ignored
 
     @property
     def key(self) -> str:
@@ -118,6 +119,8 @@ def revision_body(attempt: Attempt, *, sequence: int, previous_digest: str) -> d
     }
     if attempt.manifest_digest:
         spec["manifestDigest"] = attempt.manifest_digest
+    if attempt.notes:
+        spec["notes"] = [note[:1024] for note in attempt.notes][:100]
     return {
         "apiVersion": resources.API_VERSION,
         "kind": resources.REVISION.kind,

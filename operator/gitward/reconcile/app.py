@@ -43,6 +43,7 @@ from gitward.reconcile.status import Action, Outcome, Step
 from gitward.reconcile.steps import run_steps
 
 _LOG = logging.getLogger(__name__)
+_NOTES_SHOWN = 10
 
 
 @dataclass
@@ -150,6 +151,10 @@ def _deliver(
     rendered = run.rendered
     assert verified is not None and rendered is not None and run.result is not None  # noqa: S101, PT018
     message = success or f"applied {verified.commit[:12]}, signed by {verified.signer.fingerprint}"
+    if run.notes:
+        shown = list(run.notes[:_NOTES_SHOWN])
+        more = len(run.notes) - len(shown)
+        message += "; " + "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
     record = _record_fields(run, trigger) | {
         "outcome": RecordOutcome.APPLIED,
         "reason": Reason.SUCCEEDED,
@@ -282,6 +287,8 @@ def _record_fields(run: Run, trigger: Trigger) -> dict[str, Any]:
     if run.rendered is not None and run.result is not None:
         fields["manifest_digest"] = run.rendered.digest
         fields["changes"] = [change.to_record() for change in run.result.changes]
+    if run.notes:
+        fields["notes"] = list(run.notes)
     return fields
 
 

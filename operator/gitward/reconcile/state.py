@@ -73,6 +73,7 @@ class Run:
     plan: Plan | None = None
     result: ApplyResult | None = None
     health: Mapping[ObjectRef, health.HealthStatus] = field(default_factory=dict)
+    notes: Sequence[str] = ()  # what policy left out or ignored (manifests written for other tools)
     step: Step | None = None  # the step that ran last (the one that raised, on failure)
     # How this run differs from a plain deploy of the branch head
     target: str = ""  # a commit to roll back to, instead of the head

@@ -34,6 +34,7 @@ from gitward.apply.inventory import PruneGuard, owner_of
 from gitward.apply.run import Applier, wait_healthy
 from gitward.fence.baseline import TENANT_SERVICE_ACCOUNT
 from gitward.fence.ensure import ensure_namespace
+from gitward.policy import foreign
 from gitward.policy.check import check
 from gitward.reconcile.resolve import resolve as resolve_app
 from gitward.reconcile.state import Run
@@ -126,9 +127,9 @@ def policy(run: Run) -> None:
     resolved = run.require_resolved()
     if run.rendered is None:
         raise RuntimeError("the render step has not run")
-    run.placed = check(
-        run.rendered.manifests, tenant=resolved.tenant, namespace=resolved.source.target_namespace
-    )
+    sorted_out = foreign.sort_out(run.rendered.manifests, tenant_namespaces=resolved.tenant.namespaces)
+    run.notes = sorted_out.notes
+    run.placed = check(sorted_out.kept, tenant=resolved.tenant, namespace=resolved.source.target_namespace)
 
 
 def applier(run: Run) -> Applier:
