@@ -100,6 +100,34 @@ class _BoundedLoader(Reader, Scanner, Parser, Composer, Resolver):
         self._nodes = 0
         self._depth = 0
 
+    def scan_to_next_token(self) -> None:
+        """PyYAML's, except that a tab separates tokens within a line, as in YAML 1.2 and Kubernetes' parser.
+
+        PyYAML refuses ``apiVersion: v1<TAB>`` and ``key:<TAB>value``, which
+        kubectl and kustomize accept. A tab is skipped only where something
+        other than whitespace precedes it on its line; a tab used for
+        indentation is still refused, as every YAML parser does.
+        """
+        if self.index == 0 and self.peek() == "\ufeff":
+            self.forward()
+        found = False
+        while not found:
+            while self.peek() == " " or (self.peek() == "\t" and not self._in_indentation()):
+                self.forward()
+            if self.peek() == "#":
+                while self.peek() not in "\0\r\n\x85\u2028\u2029":
+                    self.forward()
+            if self.scan_line_break():  # type: ignore[no-untyped-call]  # untyped in types-PyYAML
+                if not self.flow_level:
+                    self.allow_simple_key = True
+            else:
+                found = True
+
+    def _in_indentation(self) -> bool:
+        """Whether only whitespace precedes the current position on its line."""
+        start = self.pointer - self.column
+        return start >= 0 and not self.buffer[start : self.pointer].strip(" \t")
+
     def compose_document(self) -> Node | None:
         self.explicit = set()
         self._open_anchors = set()
