@@ -263,3 +263,33 @@ def test_generate_name_says_what_to_write_instead(work):
     assert error.reason is Reason.YAML_REJECTED
     assert "metadata.generateName is not supported" in error.message
     assert "give it a metadata.name instead" in error.message
+
+
+def test_a_builtin_transformer_configured_from_a_local_file_renders(work):
+    """`transformers: [labels.yaml]` with a builtin LabelTransformer is kustomize's own code: it runs."""
+    work.commit(
+        {
+            "deploy/kustomization.yaml": "resources: [cm.yaml]\ntransformers: [labels.yaml]\n",
+            "deploy/cm.yaml": CONFIGMAP.format(name="labelled"),
+            "deploy/labels.yaml": (
+                "apiVersion: builtin\nkind: LabelTransformer\nmetadata: {name: team}\nlabels: {team: a}\n"
+                "fieldSpecs: [{path: metadata/labels, create: true}]\n"
+            ),
+        }
+    )
+    rendered = render(work)
+    assert [m.obj["metadata"]["labels"] for m in rendered.manifests] == [{"team": "a"}]
+
+
+def test_a_plugin_that_is_not_builtin_is_plugin_forbidden(work):
+    """An exec/Go plugin configuration (any apiVersion other than builtin) is refused naming what it is."""
+    work.commit(
+        {
+            "deploy/kustomization.yaml": "resources: [cm.yaml]\ngenerators: [gen.yaml]\n",
+            "deploy/cm.yaml": CONFIGMAP.format(name="x"),
+            "deploy/gen.yaml": "apiVersion: someteam.example.com/v1\nkind: SecretsFromVault\nmetadata: {name: v}\n",
+        }
+    )
+    error = refused(work)
+    assert error.reason is Reason.PLUGIN_FORBIDDEN
+    assert "SecretsFromVault" in error.message

@@ -446,32 +446,55 @@ def test_every_yaml_kustomize_parses_goes_through_the_bounded_loader(body, reaso
     assert where in error.message
 
 
+PLUGIN_FILES = {
+    "deploy/gen.yaml": "apiVersion: builtin\nkind: ConfigMapGenerator\nmetadata: {name: x}\nliterals: [a=b]\n",
+    "deploy/labels.yaml": "apiVersion: builtin\nkind: LabelTransformer\nmetadata: {name: l}\nlabels: {team: a}\n"
+    "fieldSpecs: [{path: metadata/labels, create: true}]\n",
+    "deploy/exec.yaml": "apiVersion: someteam.example.com/v1\nkind: ChartInflator\nmetadata: {name: x}\n",
+    "deploy/krm.yaml": "apiVersion: builtin\nkind: LabelTransformer\nmetadata:\n  name: x\n  annotations:\n"
+    "    config.kubernetes.io/function: |\n      container: {image: evil.example.com/fn}\n",
+    "deploy/iam.yaml": "apiVersion: builtin\nkind: IAMPolicyGenerator\nmetadata: {name: x}\n",
+    "deploy/patch-from.yaml": "apiVersion: builtin\nkind: PatchTransformer\nmetadata: {name: p}\npath: nowhere.yaml\n",
+    "plugins/kustomization.yaml": "resources: []\n",
+}
+
+
 @pytest.mark.parametrize(
-    ("body", "expected"),
+    "body",
+    ["generators: [gen.yaml]\n", "transformers: [labels.yaml]\n", "validators: [labels.yaml]\n"],
+)
+def test_builtin_transformers_and_generators_from_local_files_are_allowed(body):
+    """kustomize's own code configured from a file in the commit runs: no plugin, nothing remote."""
+    Commit({"deploy/kustomization.yaml": body, **PLUGIN_FILES}).check()
+
+
+@pytest.mark.parametrize(
+    ("body", "reason", "expected"),
     [
-        ("generators: [gen.yaml]\n", "'generators' runs plugins"),
-        ("transformers: [../plugins]\n", "'transformers' runs plugins"),
-        ("validators: [gen.yaml]\n", "'validators' runs plugins"),
-        ("helmCharts: [{name: x, valuesFile: gen.yaml}]\n", "'helmCharts' runs plugins or fetches charts"),
-        ("generators: [https://example.com/gen.yaml]\n", "has a URL scheme"),
-        ("generators: [missing.yaml]\n", "does not exist in the commit"),
-        ("helmCharts: [{name: x, repo: 'https://charts.example.com'}]\n", "has a URL scheme"),
+        ("transformers: [../plugins]\n", Reason.PLUGIN_FORBIDDEN, "is a directory"),
+        ("generators: [exec.yaml]\n", Reason.PLUGIN_FORBIDDEN, "not one of kustomize's builtin"),
+        ("transformers: [krm.yaml]\n", Reason.PLUGIN_FORBIDDEN, "KRM function"),
+        ("generators: [iam.yaml]\n", Reason.PLUGIN_FORBIDDEN, "IAMPolicyGenerator"),
+        ("transformers: [patch-from.yaml]\n", Reason.REMOTE_REF_FORBIDDEN, "nowhere.yaml"),
+        ("helmCharts: [{name: x, valuesFile: gen.yaml}]\n", Reason.PLUGIN_FORBIDDEN, "inflates Helm charts"),
+        ("generators: [https://example.com/gen.yaml]\n", Reason.REMOTE_REF_FORBIDDEN, "has a URL scheme"),
+        ("generators: [missing.yaml]\n", Reason.REMOTE_REF_FORBIDDEN, "does not exist in the commit"),
+        (
+            "helmCharts: [{name: x, repo: 'https://charts.example.com'}]\n",
+            Reason.REMOTE_REF_FORBIDDEN,
+            "URL scheme",
+        ),
         (
             "helmChartInflationGenerator: [{chartName: x, chartRepoUrl: 'oci://r.example.com/x'}]\n",
+            Reason.REMOTE_REF_FORBIDDEN,
             "URL scheme",
         ),
     ],
 )
-def test_plugins_and_helm_are_refused_after_their_references_are_vetted(body, expected):
-    """Generators, transformers, validators and helm stay RemoteRefForbidden; the message names the first problem."""
-    error = Commit(
-        {
-            "deploy/kustomization.yaml": body,
-            "deploy/gen.yaml": "apiVersion: builtin\nkind: ConfigMapGenerator\nmetadata: {name: x}\n",
-            "plugins/kustomization.yaml": "resources: []\n",
-        }
-    ).refused()
-    assert error.reason is Reason.REMOTE_REF_FORBIDDEN
+def test_plugins_helm_and_their_references_are_refused_naming_what_they_are(body, reason, expected):
+    """Exec, container and KRM plugins, IAM and Helm are PluginForbidden; a bad reference is found first."""
+    error = Commit({"deploy/kustomization.yaml": body, **PLUGIN_FILES}).refused()
+    assert error.reason is reason, error.message
     assert expected in error.message
 
 

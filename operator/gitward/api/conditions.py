@@ -60,6 +60,7 @@ class Reason(enum.StrEnum):
     REMOTE_REF_FORBIDDEN = "RemoteRefForbidden"
     RENDER_TOO_LARGE = "RenderTooLarge"  # documents, rendered bytes, kustomize time, memory or depth
     KUSTOMIZE_BUILD_FAILED = "KustomizeBuildFailed"  # kustomize itself refused the kustomization
+    PLUGIN_FORBIDDEN = "PluginForbidden"  # exec, container, starlark or KRM-function plugins; Helm charts
     # Policy
     NAMESPACE_VIOLATION = "NamespaceViolation"
     FORBIDDEN_KIND = "ForbiddenKind"

@@ -61,6 +61,7 @@ _STEP_OF: Mapping[Reason, ConditionType] = {
             Reason.MANIFEST_TOO_LARGE,
             Reason.RENDER_TOO_LARGE,
             Reason.KUSTOMIZE_BUILD_FAILED,
+            Reason.PLUGIN_FORBIDDEN,
             Reason.YAML_REJECTED,
             Reason.DUPLICATE_KEY,
             Reason.REMOTE_REF_FORBIDDEN,

@@ -25,8 +25,12 @@ as an allow-list, for every kustomization reachable from the app's path:
   loader first.
 - Directories named by resources, bases, components, generators,
   transformers and validators are kustomizations and are vetted in turn.
-  Generators, transformers, validators and helm are then refused
-  (``RemoteRefForbidden``): they run plugins or fetch charts.
+  Generators, transformers and validators are allowed only as local files
+  (or inline text) of kustomize's builtin kinds (``LabelTransformer``,
+  ``ConfigMapGenerator``, ...), whose own file references are vetted too:
+  that is kustomize's code on the commit's files. Exec, container,
+  starlark and KRM-function plugins, directories of plugin configurations,
+  and Helm chart inflation are ``PluginForbidden``.
 - Kustomize builds a base once per path that reaches it, so builds are
   counted along every path: more than ``max_kustomizations`` builds, or
   nesting deeper than ``max_kustomize_depth``, is ``RenderTooLarge``; a
@@ -65,14 +69,32 @@ from gitward.render.yamlsafe import load_documents
 from gitward.source.entries import TreeEntry
 
 KUSTOMIZATION_NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
-_PLUGIN_FIELDS = (
-    "generators",
-    "transformers",
-    "validators",
-    "helmCharts",
-    "helmChartInflationGenerator",
-    "helmGlobals",
+_PLUGIN_FIELDS = ("generators", "transformers", "validators")
+_HELM_FIELDS = ("helmCharts", "helmChartInflationGenerator", "helmGlobals")
+# kustomize's own code, configured from a file: safe. Helm inflation and IAM policies reach outside.
+BUILTIN_KINDS = frozenset(
+    {
+        "AnnotationsTransformer",
+        "ConfigMapGenerator",
+        "HashTransformer",
+        "ImageTagTransformer",
+        "LabelTransformer",
+        "NamespaceTransformer",
+        "PatchJson6902Transformer",
+        "PatchStrategicMergeTransformer",
+        "PatchTransformer",
+        "PrefixSuffixTransformer",
+        "PrefixTransformer",
+        "ReplacementTransformer",
+        "ReplicaCountTransformer",
+        "SecretGenerator",
+        "SortOrderTransformer",
+        "SuffixTransformer",
+        "ValueAddTransformer",
+    }
 )
+_FUNCTION_ANNOTATIONS = ("config.kubernetes.io/function", "config.k8s.io/function")
+_BUILTIN_PATH_FIELDS = ("path", "paths", "files", "envs", "env")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _DISCARD = "http://127.0.0.1:9"  # the discard port: nothing listens, connections are refused
 _PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy")
@@ -376,12 +398,15 @@ class _Vetting:
                 self._slot(directory, value, spec, node, what=f"{file}: {name}")
             else:
                 self._shape(directory, value, spec, node, what=f"{file}: {name}")
-        for name in _PLUGIN_FIELDS:
+        for name in _HELM_FIELDS:
             if body.get(name):
                 raise Stalled(
-                    Reason.REMOTE_REF_FORBIDDEN,
-                    f"{file}: '{name}' runs plugins or fetches charts, which gitward does not allow",
+                    Reason.PLUGIN_FORBIDDEN,
+                    f"{file}: '{name}' inflates Helm charts, which gitward does not; commit what they render",
                 )
+        for name in _PLUGIN_FIELDS:
+            for index, entry in enumerate(body.get(name) or ()):
+                self._builtin_only(directory, entry, what=f"{file}: {name}[{index}]")
         self.nodes[directory] = node
         return node
 
@@ -448,6 +473,54 @@ class _Vetting:
             )
         elif slot.expect in {_Expect.RESOURCE, _Expect.YAML}:
             self.vet_yaml(target, real)
+
+    def _builtin_only(self, directory: str, entry: object, *, what: str) -> None:
+        """A generator, transformer or validator entry: a local file or inline text, builtin plugins only."""
+        if not isinstance(entry, str):
+            raise Stalled(Reason.YAML_REJECTED, f"{what} must be a string, not {type(entry).__name__}")
+        if "\n" in entry:
+            documents = list(load_documents(entry, file=f"{what} (inline)", limits=self.limits))
+            shown = f"{what} (inline)"
+        else:
+            target, real = _reference(self.tree, directory, entry, self.read_link, what=what)
+            if real == "" or real in self.tree.directories:
+                raise Stalled(
+                    Reason.PLUGIN_FORBIDDEN,
+                    f"{what} {entry!r} is a directory: a kustomization that produces plugin configurations; "
+                    "gitward allows only files of builtin transformers and generators",
+                )
+            text = self.read(self.tree.entries[real]).decode(errors="replace")
+            documents = list(load_documents(text, file=target, limits=self.limits))
+            shown = target
+        for index, config in documents:
+            self._builtin_config(directory, config, where=f"{shown}#{index}")
+
+    def _builtin_config(self, directory: str, config: object, *, where: str) -> None:
+        if not isinstance(config, Mapping):
+            raise Stalled(Reason.YAML_REJECTED, f"{where}: a plugin configuration must be a mapping")
+        api_version, kind = config.get("apiVersion"), config.get("kind")
+        annotations = (config.get("metadata") or {}).get("annotations") or {}
+        if any(key in annotations for key in _FUNCTION_ANNOTATIONS):
+            raise Stalled(
+                Reason.PLUGIN_FORBIDDEN,
+                f"{where}: {kind} is a KRM function (container, exec or starlark); gitward runs no plugins",
+            )
+        if api_version != "builtin" or kind not in BUILTIN_KINDS:
+            raise Stalled(
+                Reason.PLUGIN_FORBIDDEN,
+                f"{where}: {api_version}/{kind} is not one of kustomize's builtin transformers or generators "
+                f"({', '.join(sorted(BUILTIN_KINDS))}); gitward runs no other plugins",
+            )
+        for key in _BUILTIN_PATH_FIELDS:
+            value = config.get(key)
+            refs = value if isinstance(value, list) else [value] if isinstance(value, str) else []
+            for ref in refs:
+                if isinstance(ref, str):
+                    target, real = _reference(
+                        self.tree, directory, ref.split("=", 1)[-1], self.read_link, what=f"{where}: {key}"
+                    )
+                    if key == "path" and self._is_file(real):
+                        self.vet_yaml(target, real)
 
     def walk(self, root: str) -> None:
         """Depth-first over every path of kustomization builds, with builds and heights memoized."""
