@@ -27,6 +27,8 @@ from gitward.history.store import list_records
 from gitward.kube import clients
 from gitward.kube.objects import Objects
 from gitward.kube.reads import KubeReader
+from gitward.policy import comply
+from gitward.policy.check import PolicyViolations
 from gitward.reconcile.resolve import resolve_local
 from gitward.reconcile.state import Run, Services
 from gitward.reconcile.status import Step
@@ -219,6 +221,10 @@ def _diff(args: argparse.Namespace) -> int:
             run_steps(run, stop_after=Step.DRY_RUN)
         except GitwardError as error:
             print(f"REFUSED {error.reason}: {error.message}")
+            remedies = error.remedies if isinstance(error, PolicyViolations) else ()
+            if remedies:
+                print(f"\n{comply.INSTRUCTIONS}\n")
+                print("---\n".join(remedies), end="")
             return 1
     plan, verified = run.plan, run.verified
     assert plan is not None and verified is not None  # noqa: S101, PT018 - the dry-run step ran

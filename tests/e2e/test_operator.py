@@ -235,6 +235,40 @@ def test_manifests_written_for_other_tools_deploy_and_say_what_was_left_out(oper
     assert "team" not in labels
 
 
+PLAIN_DEPLOYMENT = """apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: app, image: example.invalid/app:1}]
+"""
+
+
+def test_a_compliance_patch_offered_by_diff_makes_a_refused_workload_deploy(operator, world):
+    """Refused under restricted, `gitward diff` and the record offer a patch; committed, the workload deploys."""
+    deployed(world)
+    resources = "resources: [config.yaml, web.yaml]\n"
+    push(world, {"deploy/kustomization.yaml": resources, "deploy/web.yaml": PLAIN_DEPLOYMENT})
+    wake(operator, world, world.work.head())
+    assert "pod security patch" in refused(world, "PolicyViolation")["message"]
+    preview = gitward_cli(operator, "diff", "web", "-n", world.namespace, "--operator-namespace",
+                          world.operator_namespace, "--kustomize", f"{kubectl_binary()} kustomize")  # fmt: skip
+    assert preview.returncode == 1
+    instructions, _, patch = preview.stdout.partition("patches:` in the kustomization")
+    assert "To comply" in instructions, preview.stdout
+    patch = patch.split("\n", 1)[1].strip() + "\n"
+    assert "kind: Deployment" in patch, preview.stdout
+    assert world.records()[-1]["spec"]["notes"][1].strip().endswith(patch.strip().splitlines()[-1].strip())
+    fixed = push(world, {"deploy/pod-security-patch.yaml": patch,
+                         "deploy/kustomization.yaml": resources + "patches:\n- path: pod-security-patch.yaml\n"})  # fmt: skip
+    wake(operator, world, fixed)
+    applied(world, fixed, timeout=120)
+    assert world.ready()["status"] == "True"
+
+
 def test_revert_and_rollback_to(operator, world):
     """git revert rolls back like any commit; spec.rollbackTo re-applies a recorded commit and holds there."""
     deployed(world)

@@ -17,7 +17,7 @@ from typing import Any
 from gitward.api.conditions import Reason
 from gitward.api.resources import TenantSpec
 from gitward.errors import Stalled
-from gitward.policy import fields, podsecurity
+from gitward.policy import comply, fields, podsecurity
 from gitward.policy.kinds import (
     KNOWN,
     NEVER_ALLOWED,
@@ -165,7 +165,15 @@ def check(manifests: Sequence[Manifest], *, tenant: TenantSpec, namespace: str) 
     if violations:
         shown = "; ".join(str(v) for v in violations[:MAX_LISTED])
         more = f"; and {len(violations) - MAX_LISTED} more" if len(violations) > MAX_LISTED else ""
-        raise PolicyViolations(violations, f"{len(violations)} violation(s): {shown}{more}")
+        fixes = tuple(r.to_yaml() for r in comply.remedies(manifests, tenant.pod_security))
+        hint = (
+            f"; {len(fixes)} pod security patch(es) would fix them (gitward diff prints them)"
+            if fixes
+            else ""
+        )
+        raise PolicyViolations(
+            violations, f"{len(violations)} violation(s): {shown}{more}{hint}", remedies=fixes
+        )
     placed = []
     for manifest in manifests:
         obj = copy.deepcopy(dict(manifest.obj))
@@ -179,6 +187,9 @@ def check(manifests: Sequence[Manifest], *, tenant: TenantSpec, namespace: str) 
 class PolicyViolations(Stalled):
     """Every violation of a commit; the condition reason is that of the first."""
 
-    def __init__(self, violations: Sequence[Violation], message: str) -> None:
+    def __init__(
+        self, violations: Sequence[Violation], message: str, *, remedies: Sequence[str] = ()
+    ) -> None:
         super().__init__(violations[0].reason, message)
         self.violations = tuple(violations)
+        self.remedies = tuple(remedies)  # YAML patches that would make refused workloads comply

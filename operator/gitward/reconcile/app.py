@@ -35,6 +35,8 @@ from gitward.errors import GitwardError, Stalled, Waiting
 from gitward.history import store
 from gitward.history.records import Attempt
 from gitward.history.records import Outcome as RecordOutcome
+from gitward.policy import comply
+from gitward.policy.check import PolicyViolations
 from gitward.reconcile import rollback, steps
 from gitward.reconcile.decide import conditions_for_failure, conditions_from, conditions_succeeded, decide
 from gitward.reconcile.resolve import ResolvedApp, resolve
@@ -254,6 +256,7 @@ def _refused(
     attempted = attempted or commit
     records = []
     if run.resolved is not None and commit:
+        remedies = list(error.remedies) if isinstance(error, PolicyViolations) else []
         records.append(
             {
                 **(_record_fields(run, trigger or run.trigger) if run.verified else {}),
@@ -262,6 +265,7 @@ def _refused(
                 "outcome": RecordOutcome.REFUSED,
                 "reason": error.reason,
                 "message": error.message,
+                **({"notes": [comply.INSTRUCTIONS, *remedies]} if remedies else {}),
             }
         )
     return Finish(
