@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from gitward.api.refs import ObjectRef
 from support.metrics import reconciles, wait_for_reconciles
 from support.operator import WEBHOOK_SECRET, OperatorProcess, World, push_payload
 from support.pipeline import configmap, deployment
@@ -267,6 +268,35 @@ def test_a_compliance_patch_offered_by_diff_makes_a_refused_workload_deploy(oper
     wake(operator, world, fixed)
     applied(world, fixed, timeout=120)
     assert world.ready()["status"] == "True"
+
+
+def test_a_repository_laid_out_like_real_ones_deploys(operator, world):
+    """Trailing tabs, an overlay on a sibling base, a builtin transformer from a local file: deployed as written."""
+    base = "apiVersion: v1\t\nkind: ConfigMap\t\nmetadata:\n  name: settings\t\ndata:\n  v: '1'\t# why\n"
+    files = {
+        "base/kustomization.yaml": "resources: [config.yaml]\n",
+        "base/config.yaml": base,
+        "deploy/kustomization.yaml": "resources: [../base]\ntransformers: [labels.yaml]\n",
+        "deploy/labels.yaml": (
+            "apiVersion: builtin\nkind: LabelTransformer\nmetadata: {name: team}\nlabels: {team: a}\n"
+            "fieldSpecs: [{path: metadata/labels, create: true}]\n"
+        ),
+    }
+    deployed(world, files)
+    body = world.objects.get(ObjectRef("", "v1", "ConfigMap", world.namespace, "settings"))
+    assert body is not None
+    assert body["data"] == {"v": "1"}
+    assert body["metadata"]["labels"]["team"] == "a"
+    job = (
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {generateName: migrate-}\nspec: {template: {spec: {}}}\n"
+    )
+    commit = push(
+        world, {"base/job.yaml": job, "base/kustomization.yaml": "resources: [config.yaml, job.yaml]\n"}
+    )
+    wake(operator, world, commit)
+    message = refused(world, "YAMLRejected")["message"]
+    assert "base/job.yaml#0: metadata.generateName is not supported" in message, message
+    assert "give it a metadata.name instead" in message
 
 
 def test_revert_and_rollback_to(operator, world):

@@ -64,6 +64,7 @@ from gitward import processes
 from gitward.api.conditions import Reason
 from gitward.errors import Stalled, Waiting
 from gitward.render.limits import Limits
+from gitward.render.manifests import generate_name_message
 from gitward.render.tree import Tree, normalize
 from gitward.render.yamlsafe import load_documents
 from gitward.source.entries import TreeEntry
@@ -359,8 +360,11 @@ class _Vetting:
             return
         self.vetted.add(real)
         text = self.read(self.tree.entries[real]).decode(errors="replace")
-        for _ in load_documents(text, file=shown, limits=self.limits):
-            pass
+        for index, value in load_documents(text, file=shown, limits=self.limits):
+            metadata = value.get("metadata") if isinstance(value, Mapping) else None
+            if isinstance(metadata, Mapping) and metadata.get("generateName") and not metadata.get("name"):
+                # kustomize would only say "missing metadata.name"; say what to do instead.
+                raise Stalled(Reason.YAML_REJECTED, generate_name_message(f"{shown}#{index}"))
 
     def vet_inline(self, directory: str, text: str, *, what: str, maybe_path: bool) -> None:
         """Inline YAML goes through the bounded loader, and so does a same-named file kustomize may read."""

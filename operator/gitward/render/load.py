@@ -16,7 +16,7 @@ from gitward.api.conditions import Reason
 from gitward.errors import Stalled
 from gitward.render import kustomize
 from gitward.render.limits import Limits
-from gitward.render.manifests import Manifest, digest
+from gitward.render.manifests import Manifest, digest, generate_name_message
 from gitward.render.tree import Tree, normalize
 from gitward.render.yamlsafe import load_documents
 from gitward.source.entries import TreeEntry
@@ -62,11 +62,7 @@ def _objects(value: object, *, file: str, index: int) -> list[Manifest]:
     ):
         problems.append("metadata.name")
     if problems == ["metadata.name"] and isinstance(metadata, Mapping) and metadata.get("generateName"):
-        raise Stalled(
-            Reason.YAML_REJECTED,
-            f"{file}#{index}: metadata.generateName is not supported: gitward applies every object by name "
-            "(server-side apply, pruning and the history need one); give it a metadata.name instead",
-        )
+        raise Stalled(Reason.YAML_REJECTED, generate_name_message(f"{file}#{index}"))
     if problems:
         raise Stalled(Reason.YAML_REJECTED, f"{file}#{index}: missing or invalid {', '.join(problems)}")
     return [Manifest(obj=value, file=file, document=index)]

@@ -54,6 +54,14 @@ class Manifest:
         return f"{self.kind}/{self.name} ({self.origin})"
 
 
+def generate_name_message(origin: str) -> str:
+    """What to tell a user whose object has only ``metadata.generateName`` (written for another tool)."""
+    return (
+        f"{origin}: metadata.generateName is not supported: gitward applies every object by name "
+        "(server-side apply, pruning and the history need one); give it a metadata.name instead"
+    )
+
+
 def digest(manifests: Iterable[Manifest]) -> str:
     """A stable ``sha256:`` digest of the rendered objects, independent of file order."""
     canonical = sorted(json.dumps(m.obj, sort_keys=True, separators=(",", ":")) for m in manifests)
