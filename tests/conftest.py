@@ -23,6 +23,7 @@ from kubernetes.client.rest import ApiException
 from gitward.kube import clients
 from support.kube import temporary_namespace
 from support.paths import CLUSTER, CRDS
+from support.signing import stop_gpg_agents
 from support.waiting import wait_until
 
 
@@ -183,3 +184,12 @@ def crds(admin: client.ApiClient) -> list[str]:
 
     wait_until(established, timeout=60, what="the CRDs to be established")
     return names
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_gpg_agent_left_behind() -> Iterator[None]:
+    """Every gpg-agent the test identities started is stopped when the session ends, failed or not."""
+    try:
+        yield
+    finally:
+        stop_gpg_agents()

@@ -69,6 +69,22 @@ class SshIdentity:
         return f"{self.principal} {options + ' ' if options else ''}{key_type} {blob}"
 
 
+_GPG_HOMES: list[Path] = []
+
+
+def stop_gpg_agents() -> None:
+    """Stop the gpg-agent each identity's GNUPGHOME started (gpg starts one per home, and it outlives gpg)."""
+    while _GPG_HOMES:
+        home = _GPG_HOMES.pop()
+        subprocess.run(
+            ["gpgconf", "--homedir", str(home), "--kill", "all"],
+            env={**ENV_BASE, "GNUPGHOME": str(home)},
+            capture_output=True,
+            check=False,
+            timeout=30,
+        )
+
+
 @dataclass
 class GpgIdentity:
     """An OpenPGP key in its own throwaway GNUPGHOME."""
@@ -90,6 +106,7 @@ class GpgIdentity:
         signing_subkey: bool = False,
     ) -> GpgIdentity:
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _GPG_HOMES.append(home)
         identity = cls(home=home, fingerprint="", uid=uid, faked_time=faked_time)
         usage = "cert" if signing_subkey else "sign,cert"
         identity.gpg("--quick-generate-key", uid, "ed25519", usage, expire)
