@@ -41,13 +41,8 @@ SLOW_SECONDS = 20.0
 
 
 @pytest.fixture(scope="module")
-def operator(kubeconfig, crds, operator_namespace, tmp_path_factory):
-    root = tmp_path_factory.mktemp("operator")
-    limits = ("--reconcile-workers", str(WORKERS), "--tenant-concurrency", str(TENANT_SLOTS))
-    with OperatorProcess(
-        kubeconfig, operator_namespace, root / "cache", root / "operator.log", *limits
-    ) as process:
-        yield process
+def operator_args() -> tuple[str, ...]:
+    return ("--reconcile-workers", str(WORKERS), "--tenant-concurrency", str(TENANT_SLOTS))
 
 
 @pytest.fixture(scope="module")

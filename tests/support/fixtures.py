@@ -24,9 +24,17 @@ def git_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def operator(kubeconfig, crds, operator_namespace, tmp_path_factory):
+def operator_args() -> tuple[str, ...]:
+    """Extra `gitward run` flags; a test module overrides this fixture to run the operator differently."""
+    return ()
+
+
+@pytest.fixture(scope="module")
+def operator(kubeconfig, crds, operator_namespace, operator_args, tmp_path_factory):
     root = tmp_path_factory.mktemp("operator")
-    process = OperatorProcess(kubeconfig, operator_namespace, root / "cache", root / "operator.log")
+    process = OperatorProcess(
+        kubeconfig, operator_namespace, root / "cache", root / "operator.log", *operator_args
+    )
     with process:
         yield process
 

@@ -59,9 +59,7 @@ class AppStatus:
 
     raw: Mapping[str, Any]
     observed_generation: int | None = None
-    last_applied: str = ""
-    last_attempted: str = ""
-    last_healthy: str = ""
+    last_attempted: str = ""  # only for scheduling (skip an attempted head); trust reads the records
     hold: Hold | None = None
     inventory: tuple[ObjectRef, ...] = ()
 
@@ -83,9 +81,7 @@ class AppStatus:
         return cls(
             raw=raw,
             observed_generation=generation if isinstance(generation, int) else None,
-            last_applied=str(raw.get("lastAppliedRevision") or ""),
             last_attempted=str(raw.get("lastAttemptedRevision") or ""),
-            last_healthy=str(raw.get("lastHealthyRevision") or ""),
             hold=hold,
             inventory=tuple(inventory),
         )
