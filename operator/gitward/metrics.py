@@ -18,3 +18,8 @@ VERIFICATION_FAILURES = Counter(
     "gitward_verification_failures_total", "Commits refused by source checks, by reason.", ["reason"]
 )
 WEBHOOKS = Counter("gitward_webhook_requests_total", "Push webhook requests by result.", ["result"])
+KUBE_REQUESTS = Counter(
+    "gitward_kube_requests_total",
+    "Requests gitward's own Kubernetes clients made (kopf's watches and patches not included), by verb.",
+    ["verb"],
+)

@@ -1,16 +1,20 @@
-"""``apply.dry_run``, ``apply.apply``, ``apply.prune``, ``apply.wait_healthy``: writing as the tenant.
+"""``apply.dry_run``, ``apply.apply``, ``apply.prune``, and waiting for health: writing as the tenant.
 
 All writes go through an :class:`~gitward.kube.objects.Objects` whose client
 impersonates the tenant's ServiceAccount, so the API server authorizes every
 object against the tenant's Role. The order of events makes a commit all or
 nothing:
 
-1. ``dry_run``: the prune guard; ownership of every object (one LIST per
-   kind, not one GET per object); a server-side dry-run of every apply and
-   every prune. Failures are collected for all objects and reported
-   together. Nothing has been written.
+1. ``dry_run``: the prune guard; ownership of every object (a GET per
+   object for the few objects of a kind an app usually has, one LIST per
+   kind past :data:`LIST_FROM`: a namespace holding a thousand apps'
+   objects is never listed a thousand times); a server-side dry-run of every
+   apply and every prune. Failures are collected for all objects and
+   reported together. Nothing has been written.
 2. ``apply``: server-side apply with field manager ``gitward`` in dependency
-   tiers; objects within a tier concurrently.
+   tiers, objects within a tier concurrently; an object the dry-run shows
+   would not change (and whose fields gitward already manages) is not
+   written at all.
 3. ``prune``: delete what left the inventory, workloads first, and only
    objects this app owns.
 
@@ -26,7 +30,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from gitward.api.conditions import Reason
 from gitward.api.refs import ObjectRef
@@ -39,6 +43,7 @@ from gitward.render.manifests import Manifest
 
 FIELD_MANAGER = "gitward"
 MAX_LISTED = 20
+LIST_FROM = 8  # objects of one kind in one namespace from which one LIST is cheaper than GETs
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -91,6 +96,9 @@ class ApplyResult:
 
     changes: tuple[Change, ...]
     inventory: tuple[ObjectRef, ...]
+    # The generation each object has after the apply: its health counts only once its controller
+    # has observed at least that one (a cached status from before the apply says nothing).
+    generations: Mapping[ObjectRef, int] = field(default_factory=dict)
 
 
 def _key(ref: ObjectRef) -> ObjectRef:
@@ -135,7 +143,14 @@ class Applier:
 
     def _existing(self, refs: Sequence[ObjectRef]) -> dict[ObjectRef, Mapping[str, Any]]:
         found: dict[ObjectRef, Mapping[str, Any]] = {}
-        for api_version, kind, namespace in sorted({(r.api_version, r.kind, r.namespace) for r in refs}):
+        groups: dict[tuple[str, str, str], list[ObjectRef]] = {}
+        for ref in refs:
+            groups.setdefault((ref.api_version, ref.kind, ref.namespace), []).append(ref)
+        singles: list[ObjectRef] = []
+        for (api_version, kind, namespace), members in sorted(groups.items()):
+            if len(members) < LIST_FROM:
+                singles.extend(members)
+                continue
             try:
                 items = self.objects.list(api_version, kind, namespace)
             except APIError as error:
@@ -144,6 +159,18 @@ class Applier:
                 ) from None
             for item in items:
                 found[_key(ObjectRef.of(item))] = item
+
+        def get(ref: ObjectRef) -> Mapping[str, Any] | None:
+            try:
+                return self.objects.get(ref)
+            except APIError as error:
+                raise classify(error, ref=ref, dry_run=True) from None
+
+        for ref, live in self._parallel(singles, get):
+            if isinstance(live, GitwardError):
+                raise live
+            if live is not None:
+                found[_key(ref)] = live
         return found
 
     def _owner_problem(self, ref: ObjectRef, live: Mapping[str, Any] | None) -> GitwardError | None:
@@ -212,14 +239,20 @@ class Applier:
             tiers.setdefault(order.tier(ref.kind), []).append(ref)
         changes: list[Change] = []
 
+        generations: dict[ObjectRef, int] = {}
+
         def write(ref: ObjectRef) -> Change:
+            before = plan.existing.get(_key(ref))
+            if before is not None and _settled(before, plan.would.get(_key(ref))):
+                generations[ref] = _generation(before)
+                return Change(ref, ChangeAction.UNCHANGED)  # nothing to write: no request at all
             try:
                 stored = self.objects.apply(by_ref[ref], field_manager=FIELD_MANAGER)
             except APIError as error:
                 raise _with_origin(
                     classify(error, ref=ref, dry_run=False), plan.origins.get(_key(ref))
                 ) from None
-            before = plan.existing.get(_key(ref))
+            generations[ref] = _generation(stored)
             if before is None:
                 return Change(ref, ChangeAction.CREATED)
             old_version = (before.get("metadata") or {}).get("resourceVersion")
@@ -233,7 +266,7 @@ class Applier:
                 raise _summarize(failures, "failed to apply")
             changes.extend(r for _, r in results if isinstance(r, Change))
         changes.extend(self.prune(plan.prune))
-        return ApplyResult(changes=tuple(changes), inventory=plan.inventory)
+        return ApplyResult(changes=tuple(changes), inventory=plan.inventory, generations=generations)
 
     def prune_owned(self, refs: Sequence[ObjectRef]) -> list[Change]:
         """Delete those of ``refs`` that exist and belong to this app (an app being deleted); nothing else."""
@@ -270,6 +303,24 @@ def _comparable(body: Mapping[str, Any] | None) -> dict[str, Any]:
     return clean
 
 
+def _manages(live: Mapping[str, Any]) -> bool:
+    """Whether gitward's field manager already owns fields of ``live`` through an apply."""
+    entries = (live.get("metadata") or {}).get("managedFields") or ()
+    return any(
+        isinstance(e, Mapping) and e.get("manager") == FIELD_MANAGER and e.get("operation") == "Apply"
+        for e in entries
+    )
+
+
+def _settled(live: Mapping[str, Any], would: Mapping[str, Any] | None) -> bool:
+    """Whether applying would change nothing: the dry-run's answer is the live object, already ours."""
+    return would is not None and _manages(live) and _comparable(would) == _comparable(live)
+
+
+def _generation(body: Mapping[str, Any]) -> int:
+    return int((body.get("metadata") or {}).get("generation") or 0)
+
+
 def _split(api_version: str) -> tuple[str, str]:
     group, _, version = api_version.rpartition("/")
     return group, version
@@ -281,29 +332,72 @@ def _with_origin(error: GitwardError, origin: str | None) -> GitwardError:
     return error
 
 
+class HealthWaiter(Protocol):
+    """Waits until workloads are healthy: by watch in the operator (:mod:`gitward.apply.waiting`)."""
+
+    def wait(
+        self, targets: Mapping[ObjectRef, int], *, timeout: float
+    ) -> dict[ObjectRef, health.HealthStatus]:
+        """Each target's health once all are healthy at (at least) their generation, or at ``timeout``."""
+        ...
+
+
+def observed(body: Mapping[str, Any] | None, generation: int) -> health.HealthStatus:
+    """The health of ``body``, unless it is older than the ``generation`` just applied."""
+    if body is not None and _generation(body) < generation:
+        return health.HealthStatus(health.Health.PROGRESSING, "the applied spec has not been seen yet")
+    return health.assess(body)
+
+
+def unhealthy(statuses: Mapping[ObjectRef, health.HealthStatus], timeout: float) -> Stalled | None:
+    """``HealthTimeout`` naming what is not healthy, or None if everything is."""
+    pending = {ref: s for ref, s in statuses.items() if s.health is not health.Health.HEALTHY}
+    if not pending:
+        return None
+    detail = "; ".join(f"{ref}: {s.message}" for ref, s in list(pending.items())[:MAX_LISTED])
+    return Stalled(Reason.HEALTH_TIMEOUT, f"not healthy after {timeout:g}s: {detail}")
+
+
+def workloads(result: ApplyResult) -> dict[ObjectRef, int]:
+    """The applied objects whose health is worth waiting for, with the generation each must reach."""
+    return {
+        ref: result.generations.get(ref, 0)
+        for ref in result.inventory
+        if health.needs_waiting(ref.group, ref.kind)
+    }
+
+
 def wait_healthy(
     objects: Objects,
-    refs: Sequence[ObjectRef],
+    targets: Mapping[ObjectRef, int],
     *,
     timeout: float,
     interval: float = 1.0,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[ObjectRef, health.HealthStatus]:
-    """Poll the workloads among ``refs`` until all are healthy; ``HealthTimeout`` after ``timeout``."""
-    watched = [ref for ref in refs if health.needs_waiting(ref.group, ref.kind)]
+    """Poll ``targets`` until all are healthy or ``timeout`` passes (the CLI's way; the operator watches)."""
     deadline = clock() + timeout
     while True:
         statuses = {}
-        for ref in watched:
+        for ref, generation in targets.items():
             try:
-                statuses[ref] = health.assess(objects.get(ref))
+                statuses[ref] = observed(objects.get(ref), generation)
             except APIError as error:
                 statuses[ref] = health.HealthStatus(health.Health.MISSING, error.message)
-        pending = {ref: s for ref, s in statuses.items() if s.health is not health.Health.HEALTHY}
-        if not pending:
+        if unhealthy(statuses, timeout) is None or clock() >= deadline:
             return statuses
-        if clock() >= deadline:
-            detail = "; ".join(f"{ref}: {s.message}" for ref, s in list(pending.items())[:MAX_LISTED])
-            raise Stalled(Reason.HEALTH_TIMEOUT, f"not healthy after {timeout:g}s: {detail}")
         sleep(interval)
+
+
+@dataclass(frozen=True, slots=True)
+class PollingHealth:
+    """A :class:`HealthWaiter` that polls with GETs: for the CLI and tests, not for the operator."""
+
+    objects: Objects
+
+    def wait(
+        self, targets: Mapping[ObjectRef, int], *, timeout: float
+    ) -> dict[ObjectRef, health.HealthStatus]:
+        """See :class:`HealthWaiter`."""
+        return wait_healthy(self.objects, targets, timeout=timeout)

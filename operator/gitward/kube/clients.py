@@ -15,7 +15,12 @@ from typing import Final
 
 from kubernetes import client, config
 
+from gitward import metrics
+
 IMPERSONATE_USER_HEADER: Final = "Impersonate-User"
+# Keep-alive connections kept per API server: every reconcile thread shares one client, so the
+# pool must hold as many connections as threads use at once, or each overflow is a new TLS handshake.
+CONNECTION_POOL_SIZE: Final = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +52,21 @@ def load_configuration(kubeconfig: str | None = None) -> client.Configuration:
 
 
 def api_client(configuration: client.Configuration) -> client.ApiClient:
-    """A client with the operator's own identity."""
-    return client.ApiClient(configuration)
+    """A client with the operator's own identity, its requests counted by verb."""
+    configuration.connection_pool_maxsize = max(
+        configuration.connection_pool_maxsize or 0, CONNECTION_POOL_SIZE
+    )
+    api = client.ApiClient(configuration)
+    rest = api.rest_client
+    request = rest.request
+
+    def counted(method: str, url: str, *args: object, **kwargs: object) -> object:
+        verb = "WATCH" if method == "GET" and "watch=true" in url.lower() else method
+        metrics.KUBE_REQUESTS.labels(verb).inc()
+        return request(method, url, *args, **kwargs)
+
+    rest.request = counted  # type: ignore[method-assign]
+    return api
 
 
 def impersonating(configuration: client.Configuration, account: ServiceAccountRef) -> client.ApiClient:

@@ -10,9 +10,10 @@ Server-side apply is a ``PATCH`` with ``application/apply-patch+yaml``
 
 from __future__ import annotations
 
+import builtins
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -24,6 +25,7 @@ from urllib3.exceptions import HTTPError
 from gitward.api.conditions import Reason
 from gitward.api.refs import ObjectRef
 from gitward.errors import GitwardError, Stalled, Waiting, truncate
+from gitward.kube.clients import IMPERSONATE_USER_HEADER
 
 _NOT_FOUND = 404
 _FORBIDDEN = 403
@@ -120,10 +122,20 @@ def _api_base(group: str, version: str) -> str:
 class Objects:
     """Object access through one API client (the operator's, or one impersonating a tenant)."""
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, *, impersonate: str = "") -> None:
         self.api = api
+        # Impersonation is a header on each request, so every tenant shares the operator's one
+        # client and its keep-alive connections (a client per tenant meant a TLS handshake each).
+        self.impersonate = impersonate
         self._resources: dict[tuple[str, str], dict[str, Resource]] = {}
         self._lock = threading.Lock()
+
+    def impersonating(self, username: str) -> Objects:
+        """The same client and discovery cache, every request authorized as ``username``."""
+        other = Objects(self.api, impersonate=username)
+        other._resources = self._resources
+        other._lock = self._lock
+        return other
 
     def _call(
         self,
@@ -139,7 +151,11 @@ class Objects:
             method=method,
             resource_path=path,
             query_params=query or [],
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            header_params={
+                "Content-Type": content_type,
+                "Accept": "application/json",
+                **({IMPERSONATE_USER_HEADER: self.impersonate} if self.impersonate else {}),
+            },
             body=body,
             auth_settings=["BearerToken"],
         )
@@ -251,6 +267,68 @@ class Objects:
             item.setdefault("apiVersion", api_version)
             item.setdefault("kind", kind)
         return items
+
+    def list_at(
+        self, api_version: str, kind: str, namespace: str | None
+    ) -> tuple[builtins.list[dict[str, Any]], str]:
+        """Every object of a kind in a namespace, and the list's resourceVersion to watch from."""
+        resource = self.resource(api_version, kind)
+        listing = self._call("GET", resource.path(namespace=namespace))
+        items: builtins.list[dict[str, Any]] = listing.get("items", [])
+        for item in items:
+            item.setdefault("apiVersion", api_version)
+            item.setdefault("kind", kind)
+        return items, str((listing.get("metadata") or {}).get("resourceVersion") or "")
+
+    def watch(
+        self, api_version: str, kind: str, namespace: str | None, *, resource_version: str, seconds: int
+    ) -> Iterator[dict[str, Any]]:
+        """The events after ``resource_version`` for up to ``seconds``; ends when the server ends it.
+
+        Raises :class:`APIError` for an answer that is not a stream (410: the version is too old).
+        """
+        resource = self.resource(api_version, kind)
+        query = [
+            ("watch", "true"),
+            ("resourceVersion", resource_version),
+            ("timeoutSeconds", str(seconds)),
+            ("allowWatchBookmarks", "true"),
+        ]
+        method, url, headers, _, _ = self.api.param_serialize(
+            method="GET",
+            resource_path=resource.path(namespace=namespace),
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self.api.call_api(
+                method, url, header_params=headers, _request_timeout=(10, seconds + 30)
+            )
+        except ApiException as error:
+            raise APIError(int(error.status or 0), str(error.reason or error)) from None
+        except (OSError, HTTPError) as error:
+            raise APIError(0, f"cannot reach the API server: {type(error).__name__}") from None
+        raw = response.response
+        try:
+            if not 200 <= response.status <= 299:  # noqa: PLR2004 - the HTTP success range
+                raise APIError.from_response(response.status, raw.read(), response.reason)
+            pending = b""
+            for chunk in raw.stream(64 * 1024):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        event = json.loads(line)
+                        if event.get("type") == "ERROR":
+                            status = event.get("object") or {}
+                            raise APIError(int(status.get("code") or 0), str(status.get("message") or ""))
+                        yield event
+        except (OSError, HTTPError) as error:
+            raise APIError(0, f"the watch broke off: {type(error).__name__}") from None
+        finally:
+            raw.close()  # a watch left mid-stream cannot go back to the pool as a clean connection
+            raw.release_conn()
 
     def create(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
         """Create an object; None if one of that name already exists."""

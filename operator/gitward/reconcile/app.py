@@ -17,7 +17,7 @@ app's daemon.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,10 @@ from gitward.api.conditions import (
     merge_conditions,
     summarize_ready,
 )
+from gitward.api.refs import ObjectRef
 from gitward.api.resources import Trigger
+from gitward.apply.health import HealthStatus
+from gitward.apply.run import PollingHealth, workloads
 from gitward.errors import GitwardError, Stalled, Waiting
 from gitward.history import store
 from gitward.history.records import Attempt
@@ -58,14 +61,59 @@ class Finish:
     records: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class Parked:
+    """An attempt whose objects are applied, waiting for their health outside any worker.
+
+    The operator awaits ``targets`` by watch on its event loop (holding no
+    thread and no tenant slot), then calls :func:`resume` with what it saw.
+    """
+
+    run: Run
+    targets: dict[ObjectRef, int]
+    timeout: float
+    then: Callable[[], Finish | Parked]
+
+
 def reconcile_app(
     app: Mapping[str, Any], services: Services, *, trigger: Trigger = Trigger.POLL, force: bool = False
 ) -> Outcome:
     """Reconcile one GitOpsApp: decide, deploy or roll back, then record and write status once."""
-    run = Run(app=app, services=services, trigger=trigger, force=force)
-    finish = _suspended(run) if run.spec.get("suspend") else _attempt(run)
-    _finish(run, finish)
-    return finish.outcome
+    result = begin(app, services, trigger=trigger, force=force)
+    while isinstance(result, Parked):
+        waiter = services.health or PollingHealth(services.operator)
+        result = resume(result, waiter.wait(result.targets, timeout=result.timeout))
+    return result
+
+
+def begin(
+    app: Mapping[str, Any],
+    services: Services,
+    *,
+    trigger: Trigger = Trigger.POLL,
+    force: bool = False,
+    fresher_than: float = float("inf"),
+    park: bool = False,
+) -> Outcome | Parked:
+    """Start an attempt; with ``park``, an apply waiting for health comes back as :class:`Parked`."""
+    run = Run(app=app, services=services, trigger=trigger, force=force, fresher_than=fresher_than, park=park)
+    if run.spec.get("suspend"):
+        return _done(run, _suspended(run))
+    return _done(run, _guarded(run, lambda: _attempt(run)))
+
+
+def resume(parked: Parked, seen: Mapping[ObjectRef, HealthStatus]) -> Outcome | Parked:
+    """Finish a parked attempt with the health its workloads reached."""
+    run = parked.run
+    run.health_seen = seen
+    return _done(run, _guarded(run, parked.then))
+
+
+def _done(run: Run, result: Finish | Parked) -> Outcome | Parked:
+    if isinstance(result, Parked):
+        return result
+    _finish(run, result)
+    return result.outcome
 
 
 def _suspended(run: Run) -> Finish:
@@ -77,24 +125,10 @@ def _suspended(run: Run) -> Finish:
     return Finish(outcome, conditions=[ready])
 
 
-def _attempt(run: Run) -> Finish:
+def _guarded(run: Run, step: Callable[[], Finish | Parked]) -> Finish | Parked:
+    """Run ``step``; whatever it raises becomes a Finish (no input may kill the app's daemon)."""
     try:
-        run_steps(run, stop_after=Step.HEAD)
-        resolved = run.require_resolved()
-        action = decide(
-            run.status,
-            generation=run.generation,
-            head=run.head,
-            rollback_to=resolved.spec.rollback_to,
-            force=run.force,
-        )
-        if action in (Action.SKIP, Action.HOLD):
-            reason = run.status.ready_reason or Reason.SUCCEEDED
-            return Finish(Outcome(action, reason, ready=run.status.ready, commit=run.head))
-        run_steps(run, start=Step.FETCH, stop_after=Step.FETCH)
-        if action is Action.ROLLBACK:
-            return _roll_back(run, resolved.spec.rollback_to)
-        return _deploy(run)
+        return step()
     except Waiting as error:
         return _waiting(run, error)
     except Stalled as error:
@@ -109,14 +143,33 @@ def _attempt(run: Run) -> Finish:
         )
 
 
-def _deploy(run: Run) -> Finish:
+def _attempt(run: Run) -> Finish | Parked:
+    run_steps(run, stop_after=Step.HEAD)
+    resolved = run.require_resolved()
+    action = decide(
+        run.status,
+        generation=run.generation,
+        head=run.head,
+        rollback_to=resolved.spec.rollback_to,
+        force=run.force,
+    )
+    if action in (Action.SKIP, Action.HOLD):
+        reason = run.status.ready_reason or Reason.SUCCEEDED
+        return Finish(Outcome(action, reason, ready=run.status.ready, commit=run.head))
+    run_steps(run, start=Step.FETCH, stop_after=Step.FETCH)
+    if action is Action.ROLLBACK:
+        return _roll_back(run, resolved.spec.rollback_to)
+    return _deploy(run)
+
+
+def _deploy(run: Run) -> Finish | Parked:
     """The branch head, through trust to health; a hold at an earlier rollback ends here."""
     held = run.status.hold
     release = {"rollback": {**held.to_status(), "released": True}} if held else {}
     return _deliver(run, trigger=run.trigger, attempted=run.head, extra=release)
 
 
-def _roll_back(run: Run, target: str) -> Finish:
+def _roll_back(run: Run, target: str) -> Finish | Parked:
     """``spec.rollbackTo``: re-verified, applied, then held until the branch moves on."""
     try:
         rollback.check_target(run, target)
@@ -136,19 +189,38 @@ def _roll_back(run: Run, target: str) -> Finish:
 
 def _deliver(
     run: Run, *, trigger: Trigger, attempted: str, extra: Mapping[str, Any], success: str = ""
-) -> Finish:
-    """Trust, render, policy, dry-run, apply and health for ``run.target`` (or the head)."""
+) -> Finish | Parked:
+    """Trust, render, policy, dry-run and apply ``run.target`` (or the head); then its health."""
     commit = run.target or run.head
     try:
         if not run.target:
             run.baseline = rollback.baseline(run)
-        run_steps(run, start=Step.TRUST)
+        run_steps(run, start=Step.TRUST, stop_after=Step.APPLY)
     except Waiting as error:
         return _waiting(run, error)
     except Stalled as error:
-        if run.step is Step.HEALTH and run.result is not None:
-            return _unhealthy(run, error, trigger=trigger)
         return _refused(run, error, commit=commit, trigger=trigger, attempted=attempted)
+
+    def then() -> Finish:
+        return _after_apply(run, trigger=trigger, attempted=attempted, extra=extra, success=success)
+
+    assert run.result is not None  # noqa: S101 - the apply step ran
+    targets = workloads(run.result)
+    if run.park and targets:
+        return Parked(run, targets, run.require_resolved().spec.health_timeout_seconds, then)
+    return then()
+
+
+def _after_apply(
+    run: Run, *, trigger: Trigger, attempted: str, extra: Mapping[str, Any], success: str
+) -> Finish:
+    """The health step, then the attempt's record and status."""
+    try:
+        run_steps(run, start=Step.HEALTH)
+    except Waiting as error:
+        return _waiting(run, error)
+    except Stalled as error:
+        return _unhealthy(run, error, trigger=trigger)
     verified = run.verified
     rendered = run.rendered
     assert verified is not None and rendered is not None and run.result is not None  # noqa: S101, PT018

@@ -20,15 +20,18 @@ from gitward.api.budgets import DEFAULT_CEILINGS, Budgets
 from gitward.api.refs import ObjectRef
 from gitward.api.resources import Trigger
 from gitward.apply import health
-from gitward.apply.run import ApplyResult, Plan
+from gitward.apply.health import HealthStatus
+from gitward.apply.run import ApplyResult, HealthWaiter, Plan
 from gitward.kube.clients import ServiceAccountRef
 from gitward.kube.objects import Objects
 from gitward.reconcile.resolve import Reader, ResolvedApp
+from gitward.reconcile.shared import SharedResults
 from gitward.reconcile.status import AppStatus, Step
 from gitward.render.limits import Limits
 from gitward.render.load import DEFAULT_KUSTOMIZE, Rendered
 from gitward.render.manifests import Manifest
 from gitward.source import git
+from gitward.source.shared import SharedSources
 from gitward.trust.verify import VerifiedSource
 
 
@@ -51,6 +54,14 @@ class Services:
     )
     now: Callable[[], str] = field(default=utc_now)
     ceilings: Budgets = DEFAULT_CEILINGS  # what no tenant's spec.limits may exceed
+    # Shared between the apps of one operator: one remote check and fetch per source, one
+    # verification per (commit, baseline, keys). Without them (the CLI) each run does its own.
+    sources: SharedSources | None = None
+    verifications: SharedResults[VerifiedSource] | None = None
+    # How health is waited for: by watch in the operator; by polling when absent (the CLI).
+    health: HealthWaiter | None = None
+    # Per tenant namespace, the digest of the fence this process last wrote there (fence.ensure).
+    fences: dict[str, str] | None = None
 
 
 @dataclass
@@ -62,6 +73,10 @@ class Run:
     trigger: Trigger = Trigger.POLL
     force: bool = False
     started: str = ""
+    # A shared source's head is reused if its remote check started after this (monotonic seconds):
+    # a poll accepts one checked within its interval, a webhook only one checked after it arrived.
+    fresher_than: float = float("inf")
+    park: bool = False  # stop after apply and hand the health wait to the caller (reconcile.app.Parked)
     # Filled by the steps, in pipeline order
     resolved: ResolvedApp | None = None
     head: str = ""
@@ -73,6 +88,9 @@ class Run:
     plan: Plan | None = None
     result: ApplyResult | None = None
     health: Mapping[ObjectRef, health.HealthStatus] = field(default_factory=dict)
+    # What the operator's watch saw while the run was parked outside its worker (see reconcile.app):
+    # the health step then judges that instead of waiting itself.
+    health_seen: Mapping[ObjectRef, HealthStatus] | None = None
     notes: Sequence[str] = ()  # what policy left out or ignored (manifests written for other tools)
     step: Step | None = None  # the step that ran last (the one that raised, on failure)
     # How this run differs from a plain deploy of the branch head

@@ -31,7 +31,7 @@ from dataclasses import replace
 
 from gitward.api.resources import VerifyMode
 from gitward.apply.inventory import PruneGuard, owner_of
-from gitward.apply.run import Applier, wait_healthy
+from gitward.apply.run import Applier, PollingHealth, unhealthy, workloads
 from gitward.fence.baseline import TENANT_SERVICE_ACCOUNT
 from gitward.fence.ensure import ensure_namespace
 from gitward.policy import foreign
@@ -42,7 +42,8 @@ from gitward.reconcile.status import Step
 from gitward.render.limits import Limits
 from gitward.render.load import load
 from gitward.source import git
-from gitward.trust.verify import TrustSettings, verify
+from gitward.source.shared import SourceKey
+from gitward.trust.verify import TrustSettings, VerifiedSource, verify
 
 
 def resolve(run: Run) -> None:
@@ -56,9 +57,24 @@ def resolve(run: Run) -> None:
     )
 
 
-def head(run: Run) -> None:
-    """The head of the allowed branch, from one ``ls-remote``: nothing is fetched yet."""
+def _source_key(run: Run) -> SourceKey:
     resolved = run.require_resolved()
+    return SourceKey.of(resolved.tenant_name, resolved.source, resolved.credentials)
+
+
+def head(run: Run) -> None:
+    """The head of the allowed branch, from one ``ls-remote`` (shared by the apps that read the source)."""
+    resolved = run.require_resolved()
+    sources = run.services.sources
+    if sources is not None:
+        run.head = sources.head(
+            _source_key(run),
+            resolved.source,
+            credentials=resolved.credentials,
+            budgets=resolved.budgets,
+            fresher_than=run.fresher_than,
+        )
+        return
     run.head = git.remote_head(
         resolved.source,
         credentials=resolved.credentials,
@@ -68,17 +84,27 @@ def head(run: Run) -> None:
 
 
 def fetch(run: Run) -> None:
-    """The head, into the app's cache repository, within the tenant's budgets."""
+    """The head, into the source's cache repository (the app's own, without sharing), within budgets."""
     resolved = run.require_resolved()
     options = run.services.fetch_options
-    run.checkout = git.fetch(
-        resolved.source,
-        app_uid=resolved.uid,
-        credentials=resolved.credentials,
-        options=options,
-        budgets=resolved.budgets,
-        head=run.head or None,
-    )
+    sources = run.services.sources
+    if sources is not None and run.head:
+        run.checkout = sources.fetch(
+            _source_key(run),
+            resolved.source,
+            credentials=resolved.credentials,
+            budgets=resolved.budgets,
+            head=run.head,
+        )
+    else:
+        run.checkout = git.fetch(
+            resolved.source,
+            app_uid=resolved.uid,
+            credentials=resolved.credentials,
+            options=options,
+            budgets=resolved.budgets,
+            head=run.head or None,
+        )
     run.head = run.checkout.commit
     run.repo = git.Repository(run.checkout.repo, options=options, budgets=resolved.budgets)
 
@@ -88,24 +114,21 @@ def trust(run: Run) -> None:
     resolved = run.require_resolved()
     if run.checkout is None or run.repo is None:
         raise RuntimeError("the fetch step has not run")
+    checkout, repo = run.checkout, run.repo
+    baseline, settings = run.baseline or None, resolved.trust
     if run.target and run.target != run.checkout.commit:
         # A rollback target is re-verified as if it were the head, against the keys trusted now;
         # no fast-forward check, since going back is the point.
-        run.verified = verify(
-            replace(run.checkout, commit=run.target),
-            run.repo,
-            last_applied=None,
-            settings=TrustSettings(verify=VerifyMode.HEAD, require_fast_forward=False),
-            keys=resolved.keys,
-        )
-        return
-    run.verified = verify(
-        run.checkout,
-        run.repo,
-        last_applied=run.baseline or None,
-        settings=resolved.trust,
-        keys=resolved.keys,
-    )
+        checkout, baseline = replace(run.checkout, commit=run.target), None
+        settings = TrustSettings(verify=VerifyMode.HEAD, require_fast_forward=False)
+
+    def check() -> VerifiedSource:
+        return verify(checkout, repo, last_applied=baseline, settings=settings, keys=resolved.keys)
+
+    shared = run.services.verifications
+    # Everything the verdict depends on is in the key: the same commit from the same baseline
+    # under the same keys and settings is the same verdict, whichever app asks.
+    run.verified = shared.get((checkout, baseline, settings, resolved.keys), check) if shared else check()
 
 
 def render(run: Run) -> None:
@@ -150,6 +173,7 @@ def dry_run(run: Run) -> None:
             tenant_name=resolved.tenant_name,
             tenant=resolved.tenant,
             operator_account=run.services.operator_account,
+            written=run.services.fences,
         )
     guard_spec = resolved.spec.prune_guard
     guard = PruneGuard(allow_empty=guard_spec.allow_empty, max_share=guard_spec.max_share_percent / 100)
@@ -169,9 +193,14 @@ def health(run: Run) -> None:
     resolved = run.require_resolved()
     if run.result is None:
         raise RuntimeError("the apply step has not run")
-    run.health = wait_healthy(
-        run.services.operator, run.result.inventory, timeout=resolved.spec.health_timeout_seconds
-    )
+    timeout = resolved.spec.health_timeout_seconds
+    if run.health_seen is None:
+        waiter = run.services.health or PollingHealth(run.services.operator)
+        run.health_seen = waiter.wait(workloads(run.result), timeout=timeout)
+    run.health = run.health_seen
+    failure = unhealthy(run.health, timeout)
+    if failure is not None:
+        raise failure
 
 
 PIPELINE: tuple[tuple[Step, Callable[[Run], None]], ...] = (

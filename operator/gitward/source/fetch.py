@@ -65,8 +65,13 @@ def _cache_key(root: Path) -> bytes:
 
 
 def cache_dir(root: Path, *, app_uid: str, url: urls.RepoURL) -> Path:
-    """The app's repository cache: stable for the app and URL, unguessable without the key."""
-    digest = hmac.new(_cache_key(root), f"{app_uid}\0{url.for_git}".encode(), hashlib.sha256).hexdigest()
+    """An app's own repository cache: stable for the app and URL, unguessable without the key."""
+    return keyed_cache_dir(root, f"{app_uid}\0{url.for_git}")
+
+
+def keyed_cache_dir(root: Path, name: str) -> Path:
+    """The repository cache for ``name``: stable, unguessable without the cache root's key."""
+    digest = hmac.new(_cache_key(root), name.encode(), hashlib.sha256).hexdigest()
     return root / digest[:40]
 
 
@@ -101,7 +106,8 @@ def remote_head(
 def fetch(
     source: AllowedSource,
     *,
-    app_uid: str,
+    app_uid: str = "",
+    cache: Path | None = None,
     credentials: Credentials | None,
     options: FetchOptions,
     budgets: Budgets | None = None,
@@ -112,11 +118,13 @@ def fetch(
     Only that one ref is ever asked for: not a tag of the same name, not
     ``HEAD``, not an expression. A poll that finds the head unchanged and
     already present returns after one ``ls-remote`` (none, when the caller
-    passes the ``head`` it just saw with :func:`remote_head`).
+    passes the ``head`` it just saw with :func:`remote_head`). The repository
+    is ``cache`` (a shared source's, see :mod:`gitward.source.shared`), else
+    one of the app's own.
     """
     _check_transport(source, credentials, options)
     url = source.url
-    repo = cache_dir(options.cache_root, app_uid=app_uid, url=url)
+    repo = cache or cache_dir(options.cache_root, app_uid=app_uid, url=url)
     with throwaway_home() as home:
         runner = GitRunner(options, credentials, home, budgets=budgets)
         if not (repo / "HEAD").exists():
