@@ -10,6 +10,8 @@ The kopf wiring maps these onto ``kopf.PermanentError`` and
 
 from __future__ import annotations
 
+from typing import Self
+
 from gitward.api.conditions import Reason
 
 MAX_MESSAGE_CHARS = 1024
@@ -28,6 +30,13 @@ class GitwardError(Exception):
         # (a fetch over budget): the refusal is then remembered for that head and not retried.
         self.commit = ""
         super().__init__(f"{reason}: {self.message}")
+
+    def again(self) -> Self:
+        """A fresh copy to raise once more (a shared result raised in many threads, each its own)."""
+        clone = type(self).__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.args = self.args
+        return clone
 
 
 class Stalled(GitwardError):

@@ -19,7 +19,7 @@ from kubernetes import client
 
 from gitward.api.conditions import Reason
 from gitward.api.refs import ObjectRef
-from gitward.apply.run import ApplyResult
+from gitward.apply.run import ApplyResult, HealthWaiter
 from gitward.errors import Stalled
 from gitward.kube import clients
 from gitward.kube.objects import Objects
@@ -190,6 +190,8 @@ class Harness:
         wait: bool = True,
         limits: Limits | None = None,
         operator_account: clients.ServiceAccountRef | None = None,
+        health: HealthWaiter | None = None,
+        fences: dict[str, str] | None = None,
     ) -> Deployed:
         """Run the operator's own steps (gitward.reconcile.steps) from resolve to health, as the operator does."""
         services = Services(
@@ -199,6 +201,8 @@ class Harness:
             fetch_options=self.options,
             kustomize_command=(kubectl_binary(), "kustomize"),
             operator_account=operator_account,
+            health=health,
+            fences=fences,
         )
         status = {
             "inventory": [ref.to_inventory() for ref in self.inventory],

@@ -10,7 +10,6 @@ the least recently used go first past ``size``.
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from collections import OrderedDict
@@ -62,6 +61,6 @@ class SharedResults(Generic[T]):
                     entry.value, entry.error = None, error
                 entry.expires = self._clock() + self._ttl
             if entry.error is not None:
-                raise copy.copy(entry.error)
+                raise entry.error.again()
             assert entry.value is not None  # noqa: S101 - set together with a None error
             return entry.value

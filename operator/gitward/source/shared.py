@@ -23,7 +23,6 @@ tenant's keys; sharing saves the network and the disk, never a check.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import threading
 import time
@@ -128,7 +127,7 @@ class SharedSources:
                 except GitwardError as error:
                     state.head, state.error = "", error
             if state.error is not None:
-                raise copy.copy(state.error)
+                raise state.error.again()
             return state.head
 
     def fetch(

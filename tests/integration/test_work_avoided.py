@@ -1,0 +1,134 @@
+"""Only necessary work, against the real control plane: what a deploy no longer does.
+
+- Health comes from a watch: a Deployment becomes healthy without a GET per
+  second, a stale status from before the apply is never taken for the new
+  one, and a Deployment that never gets ready still times out.
+- An object the dry-run shows would not change is not written.
+- The fence is written when it changes, not on every deploy.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from gitward.api.conditions import Reason
+from gitward.api.refs import ObjectRef
+from gitward.api.resources import ChangeAction
+from gitward.apply.waiting import WatchedHealth
+from gitward.kube import clients
+from gitward.kube.objects import Objects
+from support.pipeline import Harness, configmap, deployment
+
+pytestmark = pytest.mark.cluster
+
+
+class CountingObjects(Objects):
+    """Objects that count the requests they make by (method, dry-run), against the real API server."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: Counter[tuple[str, bool]] = Counter()
+        self.paths: Counter[tuple[str, str]] = Counter()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        dry = ("dryRun", "All") in (kwargs.get("query") or [])
+        self.calls[(method, dry)] += 1
+        self.paths[(method, path)] += 1
+        return super()._call(method, path, **kwargs)
+
+
+@pytest.fixture
+def harness(tmp_path, admin, kube_configuration, namespace, crds) -> Harness:
+    made = Harness(tmp_path, admin=admin, configuration=kube_configuration, namespace=namespace)
+    made.operator = CountingObjects(admin)
+    tenants: dict[str, CountingObjects] = {}
+
+    def as_tenant(ns: str, account: str) -> Objects:
+        if (ns, account) not in tenants:
+            tenants[(ns, account)] = CountingObjects(
+                clients.impersonating(kube_configuration, clients.ServiceAccountRef(ns, account))
+            )
+        return tenants[(ns, account)]
+
+    made.as_tenant = as_tenant  # type: ignore[method-assign]
+    made.tenants = tenants  # type: ignore[attr-defined]
+    return made
+
+
+def tenant_calls(harness: Harness) -> Counter[tuple[str, bool]]:
+    total: Counter[tuple[str, bool]] = Counter()
+    for objects in harness.tenants.values():  # type: ignore[attr-defined]
+        total += objects.calls
+        objects.calls.clear()
+    return total
+
+
+def test_health_by_watch_needs_no_polling(harness):
+    watched = WatchedHealth(harness.operator)
+    try:
+        harness.push({"deploy/web.yaml": deployment("web", replicas=2), "deploy/c.yaml": configmap("c")})
+        harness.operator.paths.clear()
+        first = harness.deploy(health=watched)
+        assert first.unhealthy is None
+        ref = ObjectRef("apps", "v1", "Deployment", harness.namespace, "web")
+        assert first.run.health[ref].health.name == "HEALTHY"
+        # The operator's reads of the Deployment: one LIST to start the watch, then only the watch.
+        # (A poller would have made a GET per second until the pods were ready.)
+        reads = sum(n for (method, path), n in harness.operator.paths.items() if "/deployments" in path)
+        assert reads == 1, harness.operator.paths
+    finally:
+        watched.close()
+
+
+def test_a_status_from_before_the_apply_is_not_taken_for_the_new_one(harness):
+    watched = WatchedHealth(harness.operator)
+    try:
+        harness.push({"deploy/web.yaml": deployment("web")})
+        assert harness.deploy(health=watched).unhealthy is None
+        # The new pod template never gets ready; the watch still holds the old, healthy status
+        # when the wait starts, at the old generation.
+        harness.app_spec["healthTimeout"] = "4s"
+        harness.push(
+            {"deploy/web.yaml": deployment("web", pod_annotations={"gitward.dev/kwok-never-ready": "true"})}
+        )
+        second = harness.deploy(health=watched)
+        assert second.unhealthy is not None
+        assert second.unhealthy.reason is Reason.HEALTH_TIMEOUT
+        assert "Deployment.apps" in second.unhealthy.message
+    finally:
+        watched.close()
+
+
+def test_unchanged_objects_are_not_written(harness):
+    harness.push({"deploy/a.yaml": configmap("a", v="1"), "deploy/b.yaml": configmap("b", v="1")})
+    harness.deploy()
+    tenant_calls(harness)
+    harness.push({"deploy/a.yaml": configmap("a", v="2")})  # b stays as it was
+    second = harness.deploy()
+    actions = {c.ref.name: c.action for c in second.result.changes}
+    assert actions == {"a": ChangeAction.UPDATED, "b": ChangeAction.UNCHANGED}
+    calls = tenant_calls(harness)
+    assert calls[("PATCH", True)] == 2  # both dry-run: the dry-run is what shows b would not change
+    assert calls[("PATCH", False)] == 1  # only a is written
+
+
+def test_the_fence_is_written_when_it_changes_not_on_every_deploy(harness, admin):
+    fences: dict[str, str] = {}
+    harness.push({"deploy/a.yaml": configmap("a", v="1")})
+    harness.deploy(fences=fences)
+    assert harness.namespace in fences
+    harness.operator.calls.clear()
+    harness.push({"deploy/a.yaml": configmap("a", v="2")})
+    harness.deploy(fences=fences)
+    writes = {k: n for k, n in harness.operator.calls.items() if k[0] in {"PATCH", "POST", "PUT", "DELETE"}}
+    assert writes == {}, f"the operator wrote {writes} for an unchanged fence"
+    # A tenant change (a new quota) is written at the next deploy.
+    harness.tenant_spec["isolation"]["resourceQuota"] = {"hard": {"pods": "21", "configmaps": "200"}}
+    harness.push({"deploy/a.yaml": configmap("a", v="3")})
+    harness.deploy(fences=fences)
+    quota = harness.operator.get(ObjectRef("", "v1", "ResourceQuota", harness.namespace, "gitward-quota"))
+    assert quota is not None
+    assert quota["spec"]["hard"]["pods"] == "21"
