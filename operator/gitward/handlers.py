@@ -22,13 +22,13 @@ raises can end its daemon: it becomes a condition and a backoff.
 from __future__ import annotations
 
 import asyncio
-import base64
 import concurrent.futures
+import copy
 import functools
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,11 +36,12 @@ from typing import Any, TypeVar
 import kopf
 from aiohttp import web
 
-from gitward import logs, metrics, webhook
+from gitward import logs, metrics, shards, webhook
 from gitward.api import budgets, resources
 from gitward.api.conditions import ConditionType, Reason
 from gitward.api.refs import ObjectRef
 from gitward.api.resources import Trigger, parse_duration
+from gitward.apply.waiting import WatchedHealth
 from gitward.errors import GitwardError, Stalled, Waiting
 from gitward.kube import clients
 from gitward.kube.cached import CachedReader
@@ -48,9 +49,11 @@ from gitward.kube.objects import APIError, Objects
 from gitward.kube.reviews import MetricsAccess
 from gitward.reconcile import app as reconcile
 from gitward.reconcile.decide import next_delay, step_of
+from gitward.reconcile.shared import SharedResults
 from gitward.reconcile.state import Services
 from gitward.reconcile.status import Action, Outcome
-from gitward.source import git
+from gitward.source import git, urls
+from gitward.source.shared import SharedSources
 
 FINALIZER = "gitward.dev/finalizer"
 REQUEST_ANNOTATION = "gitward.dev/reconcile-requested-at"
@@ -67,7 +70,7 @@ class Config:
     cache_dir: str = "/var/cache/gitward"
     kubeconfig: str | None = None
     git_timeout: float = 60.0
-    worker_limit: int = 8
+    worker_limit: int | None = None  # kopf's per-object workers: unbounded, each is a cheap task
     webhook_host: str = "0.0.0.0"  # noqa: S104 - the operator's Service reaches it; a NetworkPolicy fences it
     webhook_port: int = 9090
     kustomize: tuple[str, ...] = ("kubectl", "kustomize")
@@ -78,6 +81,7 @@ class Config:
     webhook_workers: int = 2
     metrics_auth: bool = False  # /metrics only for bearer tokens allowed to get /metrics (TokenReview + SAR)
     default_workers: int = 4
+    shard: shards.Shard = field(default_factory=shards.Shard)  # which apps this process reconciles
 
 
 class Pools:
@@ -122,6 +126,7 @@ class Wakeup:
     event: asyncio.Event = field(default_factory=asyncio.Event)
     trigger: Trigger = Trigger.POLL
     force: bool = False
+    at: float = float("-inf")  # when the first pending request arrived (monotonic)
 
 
 def _wakeup(memo: kopf.Memo, namespace: str, name: str) -> Wakeup:
@@ -140,6 +145,8 @@ def wake(memo: kopf.Memo, namespace: str, name: str, trigger: Trigger, *, force:
         return False
     pending = _wakeup(memo, namespace, name)
     pending.trigger, pending.force = trigger, pending.force or force
+    if not pending.event.is_set():
+        pending.at = time.monotonic()
     pending.event.set()
     return True
 
@@ -162,7 +169,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="kopf.gitward.dev", key="last-handled-configuration"
     )
+    # kopf's defaults pace new objects: a limited number of per-object workers, each lingering
+    # idle for 5 s, let about one app a second start its daemon. Workers are cheap tasks here (the
+    # work runs in the operator's own pools), so there is no limit and idle ones leave at once.
     settings.batching.worker_limit = config.worker_limit
+    settings.batching.idle_timeout = 0.5
+    settings.batching.batch_window = 0.1
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
@@ -177,25 +189,28 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     operator = Objects(clients.api_client(configuration))
 
     def as_tenant(namespace: str, account: str) -> Objects:
-        return Objects(clients.impersonating(configuration, clients.ServiceAccountRef(namespace, account)))
+        return operator.impersonating(clients.ServiceAccountRef(namespace, account).username)
 
     memo.operator = operator
     memo.as_tenant = as_tenant
     memo.wakeups = {}
+    memo.routes = webhook.Routes()
+    fetch_options = git.FetchOptions(cache_root=Path(config.cache_dir), timeout=config.git_timeout)
     memo.services = Services(
         reader=CachedReader(operator.api, operator_namespace=config.namespace),
         operator=operator,
         as_tenant=as_tenant,
-        fetch_options=git.FetchOptions(cache_root=Path(config.cache_dir), timeout=config.git_timeout),
+        fetch_options=fetch_options,
         kustomize_command=config.kustomize,
         operator_account=clients.ServiceAccountRef(*config.service_account.split("/", 1))
         if config.service_account
         else None,
         ceilings=config.ceilings,
+        sources=SharedSources(fetch_options),
+        verifications=SharedResults(ttl=300.0, size=4096),
+        health=WatchedHealth(operator),
+        fences={},
     )
-
-    async def secret_for(namespace: str, name: str) -> bytes | None:
-        return await pools.lookup(functools.partial(_webhook_secret, operator, namespace, name))
 
     access = MetricsAccess(operator.api) if config.metrics_auth else None
 
@@ -205,9 +220,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
     app = webhook.make_app(
         metrics_access=metrics_access if access is not None else None,
-        secret_for=secret_for,
+        routes=memo.routes,
         wake=lambda ns, n: wake(memo, ns, n, Trigger.WEBHOOK),
-        serves=lambda ns, n: (ns, n) in memo.wakeups,  # an unauthenticated guess at an app costs nothing
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -227,16 +241,24 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     services = getattr(memo, "services", None)
     if services is not None and isinstance(services.reader, CachedReader):
         services.reader.close()
+    if services is not None and isinstance(services.health, WatchedHealth):
+        services.health.close()
 
 
-def _webhook_secret(operator: Objects, namespace: str, name: str) -> bytes | None:
-    app = operator.get(ObjectRef(GROUP, VERSION, resources.APP.kind, namespace, name))
-    ref = ((app or {}).get("spec") or {}).get("webhook", {}).get("secretRef", {}).get("name")
-    if not ref:
+def webhook_route(body: Mapping[str, Any], services: Services) -> tuple[bytes, str, str] | None:
+    """The app's webhook route inputs (secret, repository, branch), or None if it has no usable one."""
+    spec = body.get("spec") or {}
+    secret_name = ((spec.get("webhook") or {}).get("secretRef") or {}).get("name")
+    source = spec.get("source") or {}
+    if not secret_name or not source.get("url") or not source.get("branch"):
         return None
-    secret = operator.get(ObjectRef("", "v1", "Secret", namespace, str(ref)))
-    token = ((secret or {}).get("data") or {}).get("token")
-    return base64.b64decode(token) if token else None
+    namespace = str((body.get("metadata") or {}).get("namespace") or "")
+    try:
+        repository = urls.parse(str(source["url"])).identity
+        secret = services.reader.secret_data(namespace, str(secret_name)).get("token")
+    except (GitwardError, APIError):
+        return None
+    return (secret, repository, str(source["branch"])) if secret else None
 
 
 @kopf.on.event(GROUP, VERSION, resources.TENANT.plural)
@@ -247,22 +269,36 @@ def tenant_event(*, name: str, memo: kopf.Memo, **_: Any) -> None:
         reader.tenant_changed(name)
 
 
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+def _owned(
+    *, namespace: str | None, name: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+) -> bool:
+    """Whether this process reconciles the app: its shard owns it (every app, unsharded)."""
+    shard: shards.Shard = memo.config.shard
+    return shard.owns(namespace or "", name or "", labels)
+
+
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec", when=_owned)
 async def spec_changed(*, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
     """A spec change is reconciled now, not at the next poll."""
     wake(memo, namespace or "", name, Trigger.POLL)
 
 
-@kopf.on.field(GROUP, VERSION, PLURAL, field=["metadata", "annotations", REQUEST_ANNOTATION])
+@kopf.on.field(GROUP, VERSION, PLURAL, field=["metadata", "annotations", REQUEST_ANNOTATION], when=_owned)
 async def requested(*, namespace: str | None, name: str, memo: kopf.Memo, new: Any, **_: Any) -> None:
     """On demand: setting the request annotation reconciles now."""
     if new:
         wake(memo, namespace or "", name, Trigger.POLL, force=True)
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=30)
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=30, when=_owned)
 async def run_app(
-    *, namespace: str | None, name: str, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any
+    *,
+    namespace: str | None,
+    name: str,
+    body: kopf.Body,
+    stopped: kopf.DaemonStopped,
+    memo: kopf.Memo,
+    **_: Any,
 ) -> None:
     """Reconcile the app, sleep, repeat, until the app is deleted or the operator stops."""
     namespace = namespace or ""
@@ -271,21 +307,31 @@ async def run_app(
     pools: Pools = memo.pools
     ref = ObjectRef(GROUP, VERSION, resources.APP.kind, namespace, name)
     failures = 0
-    trigger, force = Trigger.POLL, False
+    trigger, force, woken_at = Trigger.POLL, False, float("-inf")
+    wrote = True  # the first attempt reads the app from the API; see below
     log = logs.audit().bind(app=f"{namespace}/{name}")
     try:
         while not stopped:
             started = time.perf_counter()
-            body: dict[str, Any] | None = None
+            current: dict[str, Any] | None = None
             try:
-                body = await pools.run(namespace, functools.partial(services.operator.get, ref))
-                if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+                # kopf's body is a live view of the app, kept current by its watch: a poll that
+                # follows a poll reads it for free. After an attempt that wrote status, or when
+                # woken, the app is read from the API, so a decision never rests on a status older
+                # than the operator's own last write.
+                if wrote or woken_at > float("-inf"):
+                    current = await pools.run(namespace, functools.partial(services.operator.get, ref))
+                else:
+                    current = copy.deepcopy(dict(body))
+                if current is None or (current.get("metadata") or {}).get("deletionTimestamp"):
                     return
-                tenant = str((body.get("spec") or {}).get("tenant") or "")
-                call = functools.partial(
-                    reconcile.reconcile_app, body, services, trigger=trigger, force=force
+                interval = _interval(current)
+                await _route(memo, pools, namespace, name, current)
+                # Woken (webhook, request, spec change): only a head checked since then will do.
+                fresher_than = max(woken_at, time.monotonic() - interval)
+                outcome = await _reconcile(
+                    memo, current, trigger=trigger, force=force, fresher_than=fresher_than
                 )
-                outcome = await pools.run(f"tenant:{tenant}", call)
             except (GitwardError, APIError) as error:  # status could not be written: retry with backoff
                 log.warning("reconcile error", error=str(error))
                 reason = error.reason if isinstance(error, GitwardError) else Reason.API_UNAVAILABLE
@@ -298,18 +344,58 @@ async def run_app(
                 reason = Reason.RECONCILE_ERROR
                 outcome = Outcome(Action.DEPLOY, reason, ready=False, retry_after=30)
             _observe(namespace, name, outcome, time.perf_counter() - started)
-            interval = _interval(body) if body else 60.0
+            wrote = outcome.action is not Action.SKIP
+            interval = _interval(current) if current else 60.0
             failures = failures + 1 if outcome.retry_after is not None else 0
             jitter = random.random()  # noqa: S311 - spreads polls apart, not cryptography
             delay = next_delay(
                 interval=interval, retry_after=outcome.retry_after, failures=failures, jitter=jitter
             )
-            trigger, force = await _sleep(pending, stopped, delay)
+            trigger, force, woken_at = await _sleep(pending, stopped, delay)
     finally:
         memo.wakeups.pop((namespace, name), None)
+        memo.routes.forget((namespace, name))
 
 
-async def _sleep(pending: Wakeup, stopped: kopf.DaemonStopped, delay: float) -> tuple[Trigger, bool]:
+async def _reconcile(
+    memo: kopf.Memo, app: dict[str, Any], *, trigger: Trigger, force: bool, fresher_than: float
+) -> Outcome:
+    """One attempt: the pipeline in the tenant's slots; a health wait parked on the event loop."""
+    services: Services = memo.services
+    pools: Pools = memo.pools
+    slots = f"tenant:{(app.get('spec') or {}).get('tenant') or ''}"
+    begin = functools.partial(
+        reconcile.begin, app, services, trigger=trigger, force=force, fresher_than=fresher_than, park=True
+    )
+    result = await pools.run(slots, begin)
+    while isinstance(result, reconcile.Parked):
+        # No thread and no tenant slot is held while the workloads become healthy.
+        assert isinstance(services.health, WatchedHealth)  # noqa: S101 - wired in startup
+        seen = await services.health.wait_async(result.targets, seconds=result.timeout)
+        result = await pools.run(slots, functools.partial(reconcile.resume, result, seen))
+    return result
+
+
+async def _route(memo: kopf.Memo, pools: Pools, namespace: str, name: str, app: dict[str, Any]) -> None:
+    """Keep the app on its webhook route (one per repository and secret), and say where it is."""
+    services: Services = memo.services
+    routes: webhook.Routes = memo.routes
+    found = await pools.lookup(functools.partial(webhook_route, app, services))
+    if found is None:
+        routes.forget((namespace, name))
+        path = None
+    else:
+        secret, repository, branch = found
+        path = webhook.route_path(
+            routes.register((namespace, name), secret=secret, repository=repository, branch=branch)
+        )
+    if (app.get("status") or {}).get("webhookPath") != path:
+        ref = ObjectRef(GROUP, VERSION, resources.APP.kind, namespace, name)
+        patch = {"status": {"webhookPath": path}}
+        await pools.lookup(functools.partial(services.operator.merge_patch, ref, patch, subresource="status"))
+
+
+async def _sleep(pending: Wakeup, stopped: kopf.DaemonStopped, delay: float) -> tuple[Trigger, bool, float]:
     """Sleep until the delay passes, a wake-up arrives, or the daemon is stopped."""
     # The event is not cleared here: a wake-up that arrived while the reconcile ran is kept, and
     # answered at once, rather than lost until the next poll.
@@ -322,10 +408,10 @@ async def _sleep(pending: Wakeup, stopped: kopf.DaemonStopped, delay: float) -> 
         stopper.cancel()
     if pending.event.is_set():
         pending.event.clear()
-        trigger, force = pending.trigger, pending.force
-        pending.trigger, pending.force = Trigger.POLL, False
-        return trigger, force
-    return Trigger.POLL, False
+        trigger, force, at = pending.trigger, pending.force, pending.at
+        pending.trigger, pending.force, pending.at = Trigger.POLL, False, float("-inf")
+        return trigger, force, at
+    return Trigger.POLL, False, float("-inf")
 
 
 def _interval(body: dict[str, Any]) -> float:
@@ -345,7 +431,7 @@ def _observe(namespace: str, name: str, outcome: Outcome, seconds: float) -> Non
         metrics.LAST_APPLIED.labels(namespace, name).set_to_current_time()
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL)
+@kopf.on.delete(GROUP, VERSION, PLURAL, when=_owned)
 def delete_app(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """The finalizer: with ``prune: true``, delete what the app owns, as its tenant, with the same checks."""
     try:

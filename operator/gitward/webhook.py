@@ -1,55 +1,74 @@
-"""The push-webhook receiver: "look now", authenticated, never trusted for content.
+"""The push-webhook receiver: one route per repository, authenticated, never trusted for content.
 
-``POST /hooks/<namespace>/<app>`` with the app's shared secret (the key
-``token`` of the Secret named by ``spec.webhook.secretRef``):
+A Git host sends one push event per repository, so the route is per
+repository too: ``POST /hook/<token>``, where the token is
+:func:`route_token` of the app's shared secret (the key ``token`` of the
+Secret named by ``spec.webhook.secretRef``) and the identity of its
+``spec.source.url``. Every app that reads one repository with one secret
+shares one route, whatever its branch or namespace, and the operator shows
+it in the app's ``status.webhookPath``. The token is an HMAC under a key
+derived from the secret: it names no namespace or app, reveals nothing about
+the secret, and cannot be guessed without it. The key is derived (not the
+secret itself) because the token is shown in status: were it an HMAC under
+the secret, anyone reading it would hold a valid signature for one body.
+
+The same secret signs every delivery:
 
 - GitHub: ``X-Hub-Signature-256: sha256=<HMAC-SHA256 of the body>``
-- Gitea / Forgejo: ``X-Gitea-Signature: <HMAC-SHA256 hex>``
+- Gitea / Forgejo: ``X-Gitea-Signature`` / ``X-Forgejo-Signature: <HMAC-SHA256 hex>``
 - GitLab: ``X-Gitlab-Token: <the secret>``
 - generic: ``X-Signature-256: sha256=<HMAC-SHA256 of the body>``
 
-Every request is hostile until it proves otherwise; the checks run in this
-order, each before anything the next one costs:
+The route table (:class:`Routes`) is in memory, kept by the operator as apps
+start, change and stop; answering a request does no I/O beyond reading its
+body, so an answer takes milliseconds. Every request is hostile until it
+proves otherwise; the checks run in this order, each before anything the
+next one costs:
 
-1. The namespace from the URL must be a DNS-1123 label and the app name a
-   DNS-1123 subdomain, or the answer is 404 before anything is looked up:
-   no other value from the URL ever reaches the Kubernetes client.
-2. Each (namespace, app) has a token bucket (by default a burst of 10,
-   refilled at 1 request/s); over it, 429 with ``Retry-After``. A flooded
-   route loses its webhooks and falls back to polling; nothing else stalls.
-3. A declared body over 1 MiB is 413.
-4. The secret is looked up through a cache: found and not found are both
-   kept for a TTL (30 s, so a rotated secret takes effect within it), at most
-   4096 routes (least recently used go first). Concurrent requests for one
-   route share one lookup; at most 8 lookups run at once (in the operator
-   each holds a thread) and at most 64 are pending, beyond that 503. A lookup
-   that fails is 503 and not cached; a request that waits over 10 s for one
-   is 503 (the lookup still finishes and is cached). Without a secret the
-   answer is 401 and the body is not read.
-5. The body is read whole (413 past 1 MiB) and its signature checked in
+1. The path segment must be exactly 64 lowercase hex characters, or 404: no
+   other value from the URL is used at all, and this one only as a key.
+2. The route is looked up in memory; an unknown token is 404 at no cost
+   (nothing is remembered about it, so a route registered a moment later is
+   reachable at once).
+3. Each route has a token bucket (by default a burst of 10, refilled at
+   1 request/s); over it, 429 with ``Retry-After``. Who knows a route's token
+   can spend its bucket without the secret: the route then falls back to
+   polling, and nothing else stalls.
+4. A declared body over 1 MiB is 413, before a byte of it is read.
+5. The body is read whole, 413 past 1 MiB (a body without a declared length).
+6. The signature (or token) is checked against the route's secret in
    constant time; a missing or wrong one is 401.
-6. A delivery already accepted for the route within 10 minutes (by its
+7. A delivery already accepted for the route within 10 minutes (by its
    ``X-GitHub-Delivery``, ``X-Gitea-Delivery``, ``X-Forgejo-Delivery``,
    ``X-Gitlab-Event-UUID`` or ``X-Delivery-Id``; without one, by the digest of
    the body) is acknowledged with 200 and does nothing. The providers sign the
    body only, so a captured delivery replayed under a new ID is not caught
    here; the route's rate limit bounds what that costs.
+8. Only now, authentic, is the payload parsed, and only to route: its
+   top-level ``ref`` (JSON, or GitHub's form encoding ``payload=<JSON>``).
+   ``refs/heads/<branch>`` wakes the route's apps that follow that branch;
+   ``refs/tags/...`` wakes none; anything else (no ref, not JSON, too deep)
+   wakes every app of the route. Nothing else in the payload is read: a
+   woken app fetches and verifies like any poll, so a payload that lies about
+   its ref costs at most a look, never a deploy.
 
-The payload is never parsed for content: a valid call only wakes the app's
-reconcile (202), which fetches and verifies like any poll; 404 if the app is
-not running here. Every answer is counted in ``gitward_webhook_requests_total``.
+An authentic delivery is 202, with how many apps were woken (possibly none:
+no app on the route follows the pushed branch). Every answer is counted in
+``gitward_webhook_requests_total`` by result.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
+import json
 import math
 import re
 import time
+import urllib.parse
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Mapping
+from types import MappingProxyType
 
 import structlog
 from aiohttp import web
@@ -58,8 +77,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gitward import metrics
 
 MAX_BODY = 1024 * 1024
-MAX_NAMESPACE = 63
-MAX_NAME = 253
+ROUTE_PREFIX = "/hook/"
 DELIVERY_HEADERS = (
     "X-GitHub-Delivery",
     "X-Gitea-Delivery",
@@ -67,27 +85,157 @@ DELIVERY_HEADERS = (
     "X-Gitlab-Event-UUID",
     "X-Delivery-Id",
 )
-SecretLookup = Callable[[str, str], Awaitable[bytes | None]]
+BRANCH_PREFIX = "refs/heads/"
+TAG_PREFIX = "refs/tags/"
+App = tuple[str, str]
+"""An app by (namespace, name)."""
 Wake = Callable[[str, str], bool]
 Clock = Callable[[], float]
-Route = tuple[str, str]
 
-_LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
-_NAMESPACE = re.compile(_LABEL)
-_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
-_UNAVAILABLE_RETRY = "10"
+_ROUTE_KEY_LABEL = b"gitward.dev/webhook-route-key/v1"
+_TOKEN = re.compile(r"[0-9a-f]{64}")
+_FORM = "application/x-www-form-urlencoded"
+_FORM_FIELDS = 64
 
 _log = structlog.get_logger("gitward.webhook")
 
 
-def valid_namespace(value: str) -> bool:
-    """Whether ``value`` is a DNS-1123 label, as a namespace name must be. Pure."""
-    return len(value) <= MAX_NAMESPACE and _NAMESPACE.fullmatch(value) is not None
+def route_token(secret: bytes, repository: str) -> str:
+    """The route of the apps that read ``repository`` with the webhook secret ``secret``. Pure.
+
+    ``repository`` is the source URL's ``RepoURL.identity``. The token is
+    HMAC-SHA256, under a key derived from the secret, of the domain-separated
+    repository identity, in lowercase hex: it does not depend on the app's
+    namespace, name or branch, and differs per secret and per repository.
+    Deriving the key first means the token, which is shown in the app's
+    status, is never a valid signature of any body under the secret.
+    """
+    key = hmac.new(secret, _ROUTE_KEY_LABEL, hashlib.sha256).digest()
+    message = b"repository\x00" + repository.encode("utf-8", "surrogatepass")
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
-def valid_name(value: str) -> bool:
-    """Whether ``value`` is a DNS-1123 subdomain, as a GitOpsApp name must be. Pure."""
-    return len(value) <= MAX_NAME and _NAME.fullmatch(value) is not None
+def route_path(token: str) -> str:
+    """The URL path a Git host posts to for ``token`` (what status ``webhookPath`` shows). Pure."""
+    return ROUTE_PREFIX + token
+
+
+def valid_token(value: str) -> bool:
+    """Whether ``value`` is a route token: 64 lowercase hex characters. Pure."""
+    return _TOKEN.fullmatch(value) is not None
+
+
+class Route:
+    """The apps that share one token: one secret, one repository, each app with the branch it follows."""
+
+    __slots__ = ("_apps", "secret", "token")
+
+    def __init__(self, token: str, secret: bytes) -> None:
+        self.token = token
+        self.secret = secret
+        self._apps: dict[App, str] = {}
+
+    @property
+    def apps(self) -> Mapping[App, str]:
+        """Each app on the route, with the branch it follows (a live, read-only view)."""
+        return MappingProxyType(self._apps)
+
+    def apps_for(self, ref: str | None) -> tuple[App, ...]:
+        """The apps a push of ``ref`` wakes. Pure.
+
+        A branch wakes the apps that follow it, a tag none, and anything else
+        (None: the payload named no ref that could be read) every app.
+        """
+        if ref is not None and ref.startswith(BRANCH_PREFIX) and len(ref) > len(BRANCH_PREFIX):
+            branch = ref.removeprefix(BRANCH_PREFIX)
+            return tuple(app for app, followed in self._apps.items() if followed == branch)
+        if ref is not None and ref.startswith(TAG_PREFIX):
+            return ()
+        return tuple(self._apps)
+
+    def __repr__(self) -> str:  # never the secret
+        return f"Route({self.token[:12]}..., {len(self._apps)} apps)"
+
+
+class Routes:
+    """The route table: token -> :class:`Route`, kept in memory by the operator's event loop. No I/O.
+
+    One entry per app (the route it is on), and no route without an app, so
+    the table is as large as the number of apps running here, never larger.
+    """
+
+    def __init__(self) -> None:
+        self._routes: dict[str, Route] = {}
+        self._tokens: dict[App, str] = {}
+
+    def register(self, app: App, *, secret: bytes, repository: str, branch: str) -> str:
+        """Put ``app`` on the route of (``secret``, ``repository``) and return its token.
+
+        Registering again with the same values changes nothing; with a new
+        secret or repository the app moves to its new route and leaves the old
+        one, which goes when no app is left on it.
+
+        Raises:
+            ValueError: The secret is empty (it could authenticate nothing).
+        """
+        if not secret:
+            raise ValueError("a webhook route needs a non-empty secret")
+        token = route_token(secret, repository)
+        old = self._tokens.get(app)
+        if old is not None and old != token:
+            self._leave(app, old)
+        route = self._routes.get(token)
+        if route is None:
+            route = self._routes[token] = Route(token, secret)
+        route._apps[app] = branch  # noqa: SLF001 - the table owns its routes
+        self._tokens[app] = token
+        return token
+
+    def forget(self, app: App) -> None:
+        """Take ``app`` off its route (nothing if it is on none)."""
+        token = self._tokens.pop(app, None)
+        if token is not None:
+            self._leave(app, token)
+
+    def _leave(self, app: App, token: str) -> None:
+        route = self._routes.get(token)
+        if route is None:
+            return
+        route._apps.pop(app, None)  # noqa: SLF001 - the table owns its routes
+        if not route._apps:  # noqa: SLF001
+            del self._routes[token]
+
+    def lookup(self, token: str) -> Route | None:
+        """The route of ``token``, or None."""
+        return self._routes.get(token)
+
+    def token_of(self, app: App) -> str | None:
+        """The token of the route ``app`` is on, or None."""
+        return self._tokens.get(app)
+
+    def __len__(self) -> int:
+        """How many routes there are."""
+        return len(self._routes)
+
+
+def pushed_ref(body: bytes, content_type: str = "application/json") -> str | None:
+    """The payload's top-level ``ref``, or None if it has none that can be read. Pure; never raises.
+
+    JSON (GitHub, Gitea, Forgejo and GitLab all send ``"ref": "refs/heads/<branch>"``),
+    or GitHub's form encoding with the JSON in its ``payload`` field. Only ever
+    called on an authenticated body of at most :data:`MAX_BODY` bytes; used
+    only to choose whom to wake, never for what they deploy.
+    """
+    try:
+        text = body.decode("utf-8")
+        if content_type == _FORM:
+            fields = urllib.parse.parse_qs(text, strict_parsing=True, max_num_fields=_FORM_FIELDS)
+            [text] = fields.get("payload", [""])
+        payload = json.loads(text)
+    except (ValueError, RecursionError):  # not text, not a form, not JSON, nested too deep
+        return None
+    ref = payload.get("ref") if isinstance(payload, dict) else None
+    return ref if isinstance(ref, str) else None
 
 
 def _raw(value: str) -> bytes:
@@ -134,34 +282,40 @@ def delivery_key(headers: Mapping[str, str], body: bytes) -> str:
     return f"body:{hashlib.sha256(body).hexdigest()}"
 
 
-class _BusyError(Exception):
-    """Too many secret lookups are pending: answer 503 without adding another."""
-
-
 class _TokenBuckets:
-    """One token bucket per key, the least recently used forgotten past ``size`` (a new bucket is full)."""
+    """One token bucket per key (a new bucket is full)."""
 
-    def __init__(self, *, burst: float, rate: float, size: int, clock: Clock) -> None:
+    def __init__(self, *, burst: float, rate: float, clock: Clock) -> None:
         self._burst = burst
         self._rate = rate
-        self._size = size
         self._clock = clock
-        self._buckets: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()
+        self._buckets: dict[str, tuple[float, float]] = {}
 
-    def take(self, key: Hashable) -> int:
+    def _refilled(self, key: str, now: float) -> float:
+        tokens, last = self._buckets.get(key, (self._burst, now))
+        return min(self._burst, tokens + max(0.0, now - last) * self._rate)
+
+    def take(self, key: str) -> int:
         """Take one token: 0 if there was one, else the whole seconds until there will be."""
         now = self._clock()
-        tokens, last = self._buckets.pop(key, (self._burst, now))
-        tokens = min(self._burst, tokens + max(0.0, now - last) * self._rate)
+        tokens = self._refilled(key, now)
         wait = 0
         if tokens >= 1:
             tokens -= 1
         else:
             wait = max(1, math.ceil((1 - tokens) / self._rate))
         self._buckets[key] = (tokens, now)
-        while len(self._buckets) > self._size:
-            self._buckets.popitem(last=False)
         return wait
+
+    def prune(self, alive: Callable[[str], bool]) -> None:
+        """Drop the buckets of keys no longer alive, and full ones (a full bucket is as good as none)."""
+        now = self._clock()
+        gone = [key for key in self._buckets if not alive(key) or self._refilled(key, now) >= self._burst]
+        for key in gone:
+            del self._buckets[key]
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
 
 class _Seen:
@@ -194,72 +348,6 @@ class _Seen:
             self._expiry.popitem(last=False)
 
 
-class _SecretCache:
-    """``secret_for`` behind a TTL + LRU cache, single-flight per route, with bounded concurrency."""
-
-    def __init__(
-        self,
-        lookup: SecretLookup,
-        *,
-        ttl: float,
-        size: int,
-        concurrency: int,
-        backlog: int,
-        timeout: float,
-        clock: Clock,
-    ) -> None:
-        self._lookup = lookup
-        self._timeout = timeout
-        self._ttl = ttl
-        self._size = size
-        self._backlog = backlog
-        self._clock = clock
-        self._slots = asyncio.Semaphore(concurrency)
-        self._entries: OrderedDict[Route, tuple[float, bytes | None]] = OrderedDict()
-        self._flights: dict[Route, asyncio.Task[bytes | None]] = {}
-
-    def _cached(self, route: Route) -> tuple[bool, bytes | None]:
-        entry = self._entries.get(route)
-        if entry is None:
-            return False, None
-        expires, secret = entry
-        if expires <= self._clock():
-            del self._entries[route]
-            return False, None
-        self._entries.move_to_end(route)
-        return True, secret
-
-    async def _fetch(self, route: Route) -> bytes | None:
-        async with self._slots:  # held until the lookup returns: its thread is busy until then
-            secret = await self._lookup(*route)
-        self._entries.pop(route, None)
-        self._entries[route] = (self._clock() + self._ttl, secret or None)
-        while len(self._entries) > self._size:
-            self._entries.popitem(last=False)
-        return secret or None
-
-    def _landed(self, route: Route, flight: asyncio.Task[bytes | None]) -> None:
-        if self._flights.get(route) is flight:
-            del self._flights[route]
-        if not flight.cancelled():
-            flight.exception()  # retrieved here: the waiters may all have given up
-
-    async def get(self, route: Route) -> bytes | None:
-        """The route's secret, or None; raises _BusyError, TimeoutError or the lookup's own error."""
-        hit, secret = self._cached(route)
-        if hit:
-            return secret
-        flight = self._flights.get(route)
-        if flight is None:
-            if len(self._flights) >= self._backlog:
-                raise _BusyError
-            flight = asyncio.get_running_loop().create_task(self._fetch(route))
-            self._flights[route] = flight
-            flight.add_done_callback(lambda done: self._landed(route, done))
-        # Shielded: a waiter that gives up (or disconnects) leaves the lookup to finish and be cached.
-        return await asyncio.wait_for(asyncio.shield(flight), self._timeout)
-
-
 def _reply(status: int, result: str, text: str, headers: Mapping[str, str] | None = None) -> web.Response:
     metrics.WEBHOOKS.labels(result).inc()
     return web.Response(status=status, text=text, headers=headers)
@@ -275,6 +363,27 @@ async def _read_body(request: web.Request) -> bytes | None:
         if size > MAX_BODY:
             return None
     return b"".join(chunks)
+
+
+def _wake_each(wake: Wake, apps: tuple[App, ...]) -> int:
+    """Wake each app; how many were (a wake that fails counts as not woken, never as a 500)."""
+    woken = 0
+    for namespace, name in apps:
+        try:
+            woken += bool(wake(namespace, name))
+        except Exception as error:  # noqa: BLE001 - one app's trouble must not cost the others their wake
+            _log.warning("webhook wake failed", app=f"{namespace}/{name}", error=type(error).__name__)
+    return woken
+
+
+def _accepted(ref: str | None, woken: int, matched: int) -> str:
+    """The text of a 202: how many apps were woken, and why none when none."""
+    if matched:
+        missed = "" if woken == matched else f" ({matched - woken} not running here)"
+        return f"accepted: {woken} app(s) woken{missed}\n"
+    if ref is not None and ref.startswith(TAG_PREFIX):
+        return "accepted: a tag push wakes no app\n"
+    return "accepted: authentic, but no app on this route follows the pushed branch; 0 app(s) woken\n"
 
 
 def _metrics_endpoint(
@@ -300,101 +409,73 @@ def _metrics_endpoint(
 
 def make_app(
     *,
-    secret_for: SecretLookup,
+    routes: Routes,
     wake: Wake,
-    serves: Callable[[str, str], bool] | None = None,
     metrics_access: Callable[[str], Awaitable[bool]] | None = None,
     clock: Clock = time.monotonic,
-    secret_ttl: float = 30.0,
-    cache_size: int = 4096,
     burst: float = 10.0,
     refill_per_second: float = 1.0,
-    max_lookups: int = 8,
-    lookup_backlog: int = 64,
-    lookup_timeout: float = 10.0,
     replay_window: float = 600.0,
     replay_size: int = 10_000,
 ) -> web.Application:
-    """The aiohttp application: the hook endpoint, /metrics and /healthz.
+    """The aiohttp application: ``POST /hook/<token>``, /metrics and /healthz.
 
     Args:
-        secret_for: Looks up a route's shared secret (None if it has none); only
-            ever called with a valid namespace and name.
-        wake: Wakes the app's reconcile; False if no such app runs here.
+        routes: The route table, kept by the caller (on the same event loop) as apps come and go.
+        wake: Wakes one app's reconcile by (namespace, name); False if no such app runs here.
         metrics_access: When set, ``/metrics`` answers only a bearer token it allows (401 otherwise);
             the operator checks the token with TokenReview and SubjectAccessReview.
-        serves: Whether an app runs here (from memory): a route it does not serve is 404 at no cost,
-            and nothing about it is cached, so an app that starts a moment later is reachable at once.
-        clock: Monotonic seconds, for the cache TTL, the rate limit and the replay window.
-        secret_ttl: How long a looked-up secret (or its absence) is reused.
-        cache_size: How many routes' secrets, and rate-limit buckets, are kept.
+        clock: Monotonic seconds, for the rate limit and the replay window.
         burst: Requests a route may make at once.
         refill_per_second: Requests a route may make per second, sustained.
-        max_lookups: Secret lookups running at once.
-        lookup_backlog: Secret lookups running or waiting to, beyond which requests get 503.
-        lookup_timeout: Seconds a request waits for its secret before 503.
         replay_window: Seconds an accepted delivery is remembered.
-        replay_size: Deliveries remembered at most.
+        replay_size: Deliveries remembered at most (over all routes).
 
     Raises:
         ValueError: A limit that would refuse everything, or never refill.
     """
-    if (
-        min(burst, refill_per_second, max_lookups, lookup_backlog, lookup_timeout, cache_size, replay_size)
-        <= 0
-    ):
+    if min(burst, refill_per_second, replay_size) <= 0:
         raise ValueError("webhook limits must be positive")
-    secrets = _SecretCache(
-        secret_for,
-        ttl=secret_ttl,
-        size=cache_size,
-        concurrency=max_lookups,
-        backlog=lookup_backlog,
-        timeout=lookup_timeout,
-        clock=clock,
-    )
-    buckets = _TokenBuckets(burst=burst, rate=refill_per_second, size=cache_size, clock=clock)
+    buckets = _TokenBuckets(burst=burst, rate=refill_per_second, clock=clock)
     delivered = _Seen(window=replay_window, size=replay_size, clock=clock)
 
     async def hook(request: web.Request) -> web.Response:  # noqa: PLR0911 - one answer per check, in order
-        namespace, name = request.match_info["namespace"], request.match_info["app"]
-        if not (valid_namespace(namespace) and valid_name(name)):
-            return _reply(404, "invalid-route", "no such app\n")
-        route = (namespace, name)
-        if serves is not None and not serves(namespace, name):
-            return _reply(404, "unknown-app", "no such app\n")
-        wait = buckets.take(route)
+        token = request.match_info["token"]
+        if not valid_token(token):
+            return _reply(404, "invalid-route", "no such route\n")
+        route = routes.lookup(token)
+        if route is None:
+            return _reply(404, "unknown-route", "no such route\n")
+        wait = buckets.take(token)
+        if len(buckets) > len(routes):  # a route went away since: its bucket goes too
+            buckets.prune(lambda key: routes.lookup(key) is not None)
         if wait:
             return _reply(429, "rate-limited", "too many requests\n", {"Retry-After": str(wait)})
         if request.content_length is not None and request.content_length > MAX_BODY:
             return _reply(413, "too-large", "body too large\n")
-        try:
-            secret = await secrets.get(route)
-        except (_BusyError, TimeoutError):
-            return _reply(503, "unavailable", "busy, retry later\n", {"Retry-After": _UNAVAILABLE_RETRY})
-        except Exception as error:  # noqa: BLE001 - whatever the lookup raised, the caller gets a 503
-            _log.warning("webhook secret lookup failed", app=f"{namespace}/{name}", error=str(error)[:600])
-            return _reply(503, "lookup-failed", "retry later\n", {"Retry-After": _UNAVAILABLE_RETRY})
-        if not secret:
-            return _reply(401, "unauthorized", "unauthorized\n")
         body = await _read_body(request)
         if body is None:
             return _reply(413, "too-large", "body too large\n")
-        if not authentic(request.headers, body, secret):
+        # As it is now: apps may have come or gone while the body was read (one token, one secret).
+        route = routes.lookup(token) or route
+        if not authentic(request.headers, body, route.secret):
             return _reply(401, "unauthorized", "unauthorized\n")
-        delivery = (namespace, name, delivery_key(request.headers, body))
+        delivery = (token, delivery_key(request.headers, body))
         if delivery in delivered:
             return _reply(200, "duplicate", "duplicate delivery ignored\n")
-        if not wake(namespace, name):
-            return _reply(404, "unknown-app", "no such app\n")
-        delivered.add(delivery)  # only once accepted: a delivery to an app not yet running may come again
-        return _reply(202, "accepted", "reconcile requested\n")
+        content_type = request.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+        ref = pushed_ref(body, content_type)
+        matched = route.apps_for(ref)
+        woken = _wake_each(wake, matched)
+        if woken == len(matched):  # an app not running here yet may be woken by a redelivery
+            delivered.add(delivery)
+        return _reply(202, "accepted", _accepted(ref, woken, len(matched)))
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
     app = web.Application(client_max_size=MAX_BODY)
-    app.router.add_post("/hooks/{namespace}/{app}", hook)
+    app.router.add_post(ROUTE_PREFIX + "{token:.*}", hook)
     app.router.add_get("/metrics", _metrics_endpoint(metrics_access))
     app.router.add_get("/healthz", healthz)
     return app

@@ -20,6 +20,7 @@ import pytest
 from kubernetes import client
 
 from gitward.api.refs import ObjectRef
+from gitward.history.store import list_records
 from support.metrics import reconciles, wait_for_reconciles
 from support.operator import WEBHOOK_SECRET, OperatorProcess, World, push_payload
 from support.pipeline import configmap, deployment
@@ -87,7 +88,7 @@ def gitward_cli(operator: OperatorProcess, *args: str) -> subprocess.CompletedPr
 
 
 def wake(operator: OperatorProcess, world: World, commit: str) -> None:
-    assert operator.webhook(world.namespace, "web", push_payload(world, commit), WEBHOOK_SECRET) == 202
+    assert operator.webhook(world.webhook_path, push_payload(world, commit), WEBHOOK_SECRET) == 202
 
 
 def test_deploy_change_and_history(operator, world, kubectl):
@@ -355,8 +356,11 @@ def test_a_webhook_push_reconciles_well_inside_the_poll_interval(operator, world
     """With a one-hour interval, a signed webhook (or the request annotation) applies a new commit in seconds."""
     deployed(world, interval="1h")
     second = push(world, {"deploy/config.yaml": configmap("settings", v="2")})
-    assert operator.webhook(world.namespace, "web", push_payload(world, second), b"wrong") == 401
-    assert operator.webhook(world.namespace, "web", push_payload(world, second), None) == 401
+    wait_until(  # the route is shown to the user, and it is the one a Git host would be given
+        lambda: world.status().get("webhookPath") == world.webhook_path, timeout=30, what="status.webhookPath"
+    )
+    assert operator.webhook(world.webhook_path, push_payload(world, second), b"wrong") == 401
+    assert operator.webhook(world.webhook_path, push_payload(world, second), None) == 401
     started = time.monotonic()
     wake(operator, world, second)
     applied(world, second, timeout=30)
@@ -369,6 +373,40 @@ def test_a_webhook_push_reconciles_well_inside_the_poll_interval(operator, world
         world.app_ref, {"metadata": {"annotations": {"gitward.dev/reconcile-requested-at": str(time.time())}}}
     )
     applied(world, third, timeout=30)
+
+
+def test_one_webhook_wakes_every_app_of_the_repository(operator, world):
+    """Two apps reading one repository (one secret) share one route: one signed push event applies both."""
+    first = push(
+        world,
+        {"deploy/config.yaml": configmap("settings", v="1"), "other/config.yaml": configmap("other", v="1")},
+    )
+    world.create_app(interval="1h")
+    world.create_app("other", interval="1h", path="other")
+    for name in ("web", "other"):
+        wait_until(
+            lambda name=name: world.status(name).get("lastAppliedRevision") == first,
+            timeout=60,
+            what=f"{name} applied",
+        )
+        wait_until(
+            lambda name=name: world.status(name).get("webhookPath") == world.webhook_path,
+            timeout=30,
+            what=f"{name} shows its webhook route",
+        )
+    second = push(
+        world,
+        {"deploy/config.yaml": configmap("settings", v="2"), "other/config.yaml": configmap("other", v="2")},
+    )
+    wake(operator, world, second)
+    for name in ("web", "other"):
+        wait_until(
+            lambda name=name: world.status(name).get("lastAppliedRevision") == second,
+            timeout=30,
+            what=f"{name} applied by the one webhook",
+        )
+        records = list_records(world.objects, world.namespace, name)
+        assert [r["spec"]["trigger"] for r in records if r["spec"]["commit"] == second] == ["webhook"]
 
 
 def test_a_restarted_operator_resumes_without_duplicates(

@@ -24,6 +24,8 @@ from gitward.api import resources
 from gitward.api.refs import ObjectRef
 from gitward.history.store import list_records
 from gitward.kube.objects import Objects
+from gitward.source.urls import parse
+from gitward.webhook import route_path, route_token
 from support.gitservers import HttpsGitServer, free_port
 from support.signing import SshIdentity, WorkRepo
 from support.toolpaths import kubectl_binary
@@ -43,7 +45,11 @@ class OperatorProcess:
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> OperatorProcess:
+    def start(self, *, wait_serving: bool = True) -> OperatorProcess:
+        """Start `gitward run` and wait until its webhook server answers (unless ``wait_serving`` is False).
+
+        A `--leader-elect` replica that stands by serves nothing until it holds its Lease.
+        """
         gitward = Path(sys.executable).parent / "gitward"
         argv = [
             str(gitward), "run", "--kubeconfig", str(self.kubeconfig),
@@ -55,6 +61,8 @@ class OperatorProcess:
             self.process = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
+        if not wait_serving:
+            return self
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -67,6 +75,14 @@ class OperatorProcess:
                 time.sleep(0.2)
         self.stop()
         raise RuntimeError("gitward run did not come up")
+
+    def serving(self) -> bool:
+        """Whether the webhook server (run only by an operator that reconciles) answers /healthz."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
 
     def stop(self, *, kill: bool = False) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -84,7 +100,8 @@ class OperatorProcess:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def webhook(self, namespace: str, app: str, body: bytes, secret: bytes | None) -> int:
+    def webhook(self, path: str, body: bytes, secret: bytes | None) -> int:
+        """POST a GitHub-style push to ``path`` (a route, ``World.webhook_path``), signed with ``secret``."""
         # Every delivery has its own id, as GitHub sends it; the operator ignores a replayed one.
         headers = {
             "Content-Type": "application/json",
@@ -94,7 +111,7 @@ class OperatorProcess:
         if secret is not None:
             headers["X-Hub-Signature-256"] = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
         request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}/hooks/{namespace}/{app}", data=body, headers=headers, method="POST"
+            f"http://127.0.0.1:{self.port}{path}", data=body, headers=headers, method="POST"
         )
         try:
             with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback http only
@@ -161,17 +178,17 @@ class World:
             },
         )  # fmt: skip
 
-    def create_app(self, name: str = "web", **spec: Any) -> None:
+    def create_app(self, name: str = "web", *, labels: dict[str, str] | None = None, **spec: Any) -> None:
         body = {
             "apiVersion": resources.API_VERSION,
             "kind": "GitOpsApp",
-            "metadata": {"name": name, "namespace": self.namespace},
+            "metadata": {"name": name, "namespace": self.namespace, "labels": labels or {}},
             "spec": {
                 "tenant": self.tenant,
                 "source": {
-                    "url": self.server.url(self.repo_name),
+                    "url": self.source_url,
                     "branch": "main",
-                    "path": "deploy",
+                    "path": spec.pop("path", "deploy"),
                     "interval": spec.pop("interval", "10s"),
                     "secretRef": {"name": "git"},
                 },
@@ -183,20 +200,32 @@ class World:
             resources.GROUP, resources.VERSION, self.namespace, "gitopsapps", body
         )
 
+    @property
+    def source_url(self) -> str:
+        return self.server.url(self.repo_name)
+
+    @property
+    def webhook_path(self) -> str:
+        """The webhook route of every app of this world: one per repository and secret, not per app."""
+        return route_path(route_token(WEBHOOK_SECRET, parse(self.source_url).identity))
+
     def patch_app(self, spec: dict[str, Any]) -> None:
         self.objects.merge_patch(self.app_ref, {"spec": spec})
 
     @property
     def app_ref(self) -> ObjectRef:
-        return ObjectRef(resources.GROUP, resources.VERSION, "GitOpsApp", self.namespace, "web")
+        return self.ref_of("web")
 
-    def app(self) -> dict[str, Any]:
-        body = self.objects.get(self.app_ref)
+    def ref_of(self, name: str) -> ObjectRef:
+        return ObjectRef(resources.GROUP, resources.VERSION, "GitOpsApp", self.namespace, name)
+
+    def app(self, name: str = "web") -> dict[str, Any]:
+        body = self.objects.get(self.ref_of(name))
         assert body is not None
         return body
 
-    def status(self) -> dict[str, Any]:
-        return dict(self.app().get("status") or {})
+    def status(self, name: str = "web") -> dict[str, Any]:
+        return dict(self.app(name).get("status") or {})
 
     def ready(self) -> dict[str, Any]:
         for condition in self.status().get("conditions") or ():

@@ -1,4 +1,4 @@
-"""The webhook under arbitrary URL paths and headers: no 5xx, no lookup of an invalid name, no wake unsigned."""
+"""The webhook under arbitrary paths, headers and bodies: only documented answers, never a 5xx, no wake unsigned."""
 
 from __future__ import annotations
 
@@ -6,60 +6,59 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import json
 import re
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, unquote
 
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from gitward.webhook import make_app
+from gitward.webhook import Routes, make_app, route_token
 
 SECRET = b"s3cret"
-LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-NAMESPACE = re.compile(LABEL)
-NAME = re.compile(rf"{LABEL}(\.{LABEL})*")
+REPO = "https://git.example.com/team/app.git"
+TOKEN = route_token(SECRET, REPO)
+UNKNOWN = route_token(SECRET, "https://git.example.com/team/other.git")
+APPS = {("team-a", "web"): "main", ("team-a", "api"): "main", ("team-b", "stage"): "staging"}
+# What the endpoint may answer to a POST (the module documents each), and what the HTTP parser
+# answers to bytes that are not HTTP at all (raw sockets only).
+DOCUMENTED = {200, 202, 401, 404, 413, 429}
+MALFORMED_HTTP = {400}
+TOKEN_SHAPE = re.compile(r"[0-9a-f]{64}")
 SETTINGS = settings(
     max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )
 
-
-def valid_route(namespace: str, name: str) -> bool:
-    """The oracle, written from the Kubernetes definitions independently of the module under test."""
-    return (
-        len(namespace) <= 63
-        and NAMESPACE.fullmatch(namespace) is not None
-        and len(name) <= 253
-        and NAME.fullmatch(name) is not None
-    )
-
-
-# Pieces of a path segment: plausible names, traversal and delimiter tricks in every encoding,
-# arbitrary unicode (raw or percent-encoded) and runs long enough to pass every limit.
+# Pieces of a path segment: the real token, near misses, traversal and delimiter tricks in every
+# encoding, arbitrary unicode (raw or percent-encoded) and runs long enough to pass every limit.
 TRICKS = [
     "..", ".", "%2e%2e", "%2E%2E", ".%2e", "%2f", "%2F", "%5c", "\\", "?", "#", "%3F", "%23",
     "?watch=true", "%3Fwatch%3Dtrue", "%00", "%25", "%252F", "%", "%zz", ";", "@", ":", "~",
-    "-", "_", "A", "é", "%C3%A9", "\u2024", "%E2%80%A4", "%ff", "%c0%ae", "&", "=",
+    "-", "_", "A", "é", "%C3%A9", "\u2024", "%E2%80%A4", "%ff", "%c0%ae", "&", "=", "/",
 ]  # fmt: skip
 CONTROLS = ["\t", "\x7f", "\x00", " ", "\r\n", "\n", "\r\nX-Hub-Signature-256: sha256=0\r\n"]
+TOKENS = [TOKEN, UNKNOWN, TOKEN.upper(), TOKEN[:-1], TOKEN + "0", TOKEN[:-1] + "g"]
 
 
 def path_strategy(*, controls: bool) -> st.SearchStrategy[str]:
     """Raw request paths; with ``controls``, also bytes no well-behaved client sends (raw sockets only)."""
     characters = st.characters() if controls else st.characters(exclude_categories=["Cc", "Cs"])
     pieces = st.one_of(
-        st.from_regex(NAMESPACE, fullmatch=True),
+        st.sampled_from(TOKENS),
+        st.from_regex(TOKEN_SHAPE, fullmatch=True),
         st.sampled_from(TRICKS + CONTROLS if controls else TRICKS),
         st.text(min_size=1, max_size=8).map(lambda text: quote(text, safe="")),
         st.text(characters, min_size=1, max_size=4),
         st.integers(min_value=60, max_value=300).map(lambda n: "a" * n),
     )
-    segments = st.lists(pieces, min_size=1, max_size=5).map("".join)
+    segments = st.lists(pieces, min_size=1, max_size=4).map("".join)
     return st.one_of(
-        st.builds(lambda ns, app: f"/hooks/{ns}/{app}", segments, segments),
-        st.builds(lambda ns, app, rest: f"/hooks/{ns}/{app}/{rest}", segments, segments, segments),
-        st.builds(lambda tail: f"/hooks/{tail}", segments),
+        st.sampled_from(TOKENS).map(lambda token: f"/hook/{token}"),
+        st.builds(lambda segment: f"/hook/{segment}", segments),
+        st.builds(lambda segment, rest: f"/hook/{segment}/{rest}", segments, segments),
+        st.builds(lambda namespace, app: f"/hooks/{namespace}/{app}", segments, segments),
         st.builds(lambda path: "/" + path, segments),
     )
 
@@ -76,29 +75,65 @@ HEADER_VALUES = st.one_of(
     st.text(max_size=20).map(str.encode),
     st.binary(max_size=40),  # not text at all, or with CR/LF: framing and header-injection attempts
     st.just(b"sha256=" + b"0" * 64),
+    st.just(b"application/x-www-form-urlencoded"),
     st.integers(min_value=-1, max_value=2**70).map(lambda n: str(n).encode()),
 )
-BODIES = st.binary(max_size=256)
+REFS = st.one_of(
+    st.sampled_from(["refs/heads/main", "refs/heads/staging", "refs/heads/other", "refs/tags/v1", "main"]),
+    st.text(max_size=30),
+    st.integers(),
+    st.none(),
+)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+BODIES = st.one_of(
+    st.binary(max_size=256),
+    st.builds(
+        lambda ref, extra: json.dumps({**extra, "ref": ref}).encode(),
+        REFS,
+        st.dictionaries(st.text(max_size=5), JSON_VALUES, max_size=3),
+    ),
+    JSON_VALUES.map(lambda value: json.dumps(value).encode()),
+    st.builds(lambda ref: b"payload=" + quote(json.dumps({"ref": ref})).encode(), REFS),
+)
+
+
+def expected_woken(body: bytes, content_type: str) -> set[tuple[str, str]]:
+    """The oracle, written from the documented rule independently of the module under test."""
+    ref = None
+    with contextlib.suppress(ValueError, RecursionError):
+        text = body.decode()
+        if content_type == "application/x-www-form-urlencoded":
+            fields = parse_qs(text, strict_parsing=True, max_num_fields=64)
+            [text] = fields.get("payload", [""])
+        document = json.loads(text)
+        if isinstance(document, dict) and isinstance(document.get("ref"), str):
+            ref = document["ref"]
+    if ref is not None and re.fullmatch(r"refs/heads/.+", ref, re.DOTALL):
+        return {app for app, branch in APPS.items() if f"refs/heads/{branch}" == ref}
+    if ref is not None and ref.startswith("refs/tags/"):
+        return set()
+    return set(APPS)
 
 
 class Recorder:
     def __init__(self) -> None:
-        self.looked_up: list[tuple[str, str]] = []
         self.woken: list[tuple[str, str]] = []
-
-    async def secret_for(self, namespace: str, name: str) -> bytes | None:
-        self.looked_up.append((namespace, name))
-        return SECRET
+        self.routes = Routes()
+        for app, branch in APPS.items():
+            self.routes.register(app, secret=SECRET, repository=REPO, branch=branch)
 
     def wake(self, namespace: str, name: str) -> bool:
         self.woken.append((namespace, name))
         return True
 
     def app(self):
-        return make_app(secret_for=self.secret_for, wake=self.wake, burst=1000)
-
-    def only_valid_names_looked_up(self) -> bool:
-        return all(valid_route(namespace, name) for namespace, name in self.looked_up)
+        return make_app(routes=self.routes, wake=self.wake, burst=1000)
 
 
 def signature(body: bytes) -> str:
@@ -155,12 +190,15 @@ RAW_PATHS = path_strategy(controls=True).map(lambda path: path.encode("utf-8", "
     body=BODIES,
 )
 def test_arbitrary_raw_requests(path, headers, body):
-    """Any raw path bytes and headers: always an answer below 500, lookups only of valid names, no wake unsigned."""
+    """Any raw path bytes and headers: a documented answer (never a 5xx), no wake unsigned or off the route."""
     recorder = Recorder()
     status_line = asyncio.run(send_raw(recorder, path, headers, body))
-    assert re.fullmatch(rb"HTTP/1\.[01] [1-4]\d\d .*", status_line), status_line
-    assert recorder.only_valid_names_looked_up(), recorder.looked_up
+    match = re.fullmatch(rb"HTTP/1\.[01] (\d{3}) .*", status_line)
+    assert match, status_line
+    assert int(match[1]) in DOCUMENTED | MALFORMED_HTTP, status_line
     if recorder.woken:
+        assert int(match[1]) == 202
+        assert TOKEN.encode() in path, path
         assert signature(body).encode() in b"".join(value for _, value in headers), (path, headers)
 
 
@@ -170,41 +208,37 @@ EXTRA_HEADERS = st.dictionaries(
     PRINTABLE,
     max_size=3,
 )
-PLAIN_ROUTE = re.compile(r"/hooks/([^/?#%]+)/([^/?#%]+)")
 
 
 @SETTINGS
 @given(path=PATHS, extra=EXTRA_HEADERS, body=BODIES, forged=st.booleans())
-def test_client_requests_wake_only_signed_valid_routes(path, extra, body, forged):
-    """Through the test client: never 5xx; mis-signed wakes nothing; signed wakes the one valid route looked up."""
+def test_client_requests_wake_only_signed_deliveries_on_the_route(path, extra, body, forged):
+    """Through the test client: only documented answers; mis-signed wakes nothing; not a token is 404."""
     extra.pop("Transfer-Encoding", None)  # the client frames the body itself
     headers = {**extra, "X-Hub-Signature-256": ("sha256=" + "0" * 64) if forged else signature(body)}
     recorder = Recorder()
     [status] = asyncio.run(post_all(recorder, [(path, headers, body)]))
-    assert status < 500
-    assert recorder.only_valid_names_looked_up(), recorder.looked_up
+    assert status in DOCUMENTED | MALFORMED_HTTP
+    if status in MALFORMED_HTTP:  # only a path no URL may hold: the HTTP parser refused it
+        assert not all(0x21 <= ord(character) < 0x7F for character in path), path
     if forged:
         assert recorder.woken == []
     if recorder.woken:
         assert status == 202
-        assert recorder.woken == recorder.looked_up
-    plain = PLAIN_ROUTE.fullmatch(path)
-    if plain and valid_route(*plain.groups()) and not forged:
-        assert (status, recorder.woken) == (202, [plain.groups()])
+    segment = path.removeprefix("/hook/") if path.startswith("/hook/") else None
+    shapes = {segment, unquote(segment)} if segment is not None else set()
+    if segment is not None and status not in MALFORMED_HTTP and not any(map(TOKEN_SHAPE.fullmatch, shapes)):
+        assert status == 404  # not a token: nothing else looked at
+    if segment is not None and segment != TOKEN and TOKEN_SHAPE.fullmatch(segment):
+        assert (status, recorder.woken) == (404, [])
 
 
 @SETTINGS
-@given(
-    namespace=st.from_regex(NAMESPACE, fullmatch=True).filter(lambda ns: len(ns) <= 63),
-    name=st.from_regex(NAME, fullmatch=True).filter(lambda name: len(name) <= 253),
-    body=BODIES,
-)
-def test_valid_routes_signed_are_woken(namespace, name, body):
-    """Every valid namespace and name, correctly signed, is looked up as given and woken once (202)."""
+@given(body=BODIES, content_type=st.sampled_from(["application/json", "application/x-www-form-urlencoded"]))
+def test_signed_deliveries_wake_exactly_the_apps_of_the_pushed_branch(body, content_type):
+    """Every signed body on the route is 202 and wakes each app the documented rule names, once."""
     recorder = Recorder()
-    [status] = asyncio.run(
-        post_all(recorder, [(f"/hooks/{namespace}/{name}", {"X-Hub-Signature-256": signature(body)}, body)])
-    )
+    headers = {"X-Hub-Signature-256": signature(body), "Content-Type": content_type}
+    [status] = asyncio.run(post_all(recorder, [(f"/hook/{TOKEN}", headers, body)]))
     assert status == 202
-    assert recorder.looked_up == [(namespace, name)]
-    assert recorder.woken == [(namespace, name)]
+    assert sorted(recorder.woken) == sorted(expected_woken(body, content_type))
