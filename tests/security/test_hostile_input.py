@@ -185,9 +185,16 @@ def battlefield(
         slow = new_world(slow_server)
         slow.work.commit({"deploy/config.yaml": configmap("settings", v="slow")}, sign=slow.signer)
         slow.work.push()
+        # One repository per app: apps reading one repository share one remote check (by design),
+        # so ten distinct sources are what can ask the slow server for more than the tenant's slots.
+        for index in range(SLOW_APPS):
+            slow.work.bare_remote(f"slow-{index}", slow_server.root / f"team/{slow.id}-{index}.git")
+            slow.work.push(f"slow-{index}")
         slow_server.delay = SLOW_SECONDS
         for index in range(SLOW_APPS):
-            slow.create_app(f"slow-{index}", interval="10s")
+            slow.create_app(
+                f"slow-{index}", interval="10s", url=slow_server.url(f"team/{slow.id}-{index}.git")
+            )
         wait_until(
             lambda: slow_server.in_flight >= TENANT_SLOTS, timeout=60, what="the slow tenant's slots taken"
         )

@@ -186,7 +186,7 @@ class World:
             "spec": {
                 "tenant": self.tenant,
                 "source": {
-                    "url": self.source_url,
+                    "url": spec.pop("url", self.source_url),
                     "branch": "main",
                     "path": spec.pop("path", "deploy"),
                     "interval": spec.pop("interval", "10s"),
