@@ -326,11 +326,16 @@ async def run_app(
                 if current is None or (current.get("metadata") or {}).get("deletionTimestamp"):
                     return
                 interval = _interval(current)
-                await _route(memo, pools, namespace, name, current)
+                route = await _route(memo, pools, namespace, name, current)
                 # Woken (webhook, request, spec change): only a head checked since then will do.
                 fresher_than = max(woken_at, time.monotonic() - interval)
                 outcome = await _reconcile(
-                    memo, current, trigger=trigger, force=force, fresher_than=fresher_than
+                    memo,
+                    current,
+                    trigger=trigger,
+                    force=force,
+                    fresher_than=fresher_than,
+                    status_extra={"webhookPath": route},
                 )
             except (GitwardError, APIError) as error:  # status could not be written: retry with backoff
                 log.warning("reconcile error", error=str(error))
@@ -358,14 +363,27 @@ async def run_app(
 
 
 async def _reconcile(
-    memo: kopf.Memo, app: dict[str, Any], *, trigger: Trigger, force: bool, fresher_than: float
+    memo: kopf.Memo,
+    app: dict[str, Any],
+    *,
+    trigger: Trigger,
+    force: bool,
+    fresher_than: float,
+    status_extra: Mapping[str, Any],
 ) -> Outcome:
     """One attempt: the pipeline in the tenant's slots; a health wait parked on the event loop."""
     services: Services = memo.services
     pools: Pools = memo.pools
     slots = f"tenant:{(app.get('spec') or {}).get('tenant') or ''}"
     begin = functools.partial(
-        reconcile.begin, app, services, trigger=trigger, force=force, fresher_than=fresher_than, park=True
+        reconcile.begin,
+        app,
+        services,
+        trigger=trigger,
+        force=force,
+        fresher_than=fresher_than,
+        park=True,
+        status_extra=status_extra,
     )
     result = await pools.run(slots, begin)
     while isinstance(result, reconcile.Parked):
@@ -376,23 +394,17 @@ async def _reconcile(
     return result
 
 
-async def _route(memo: kopf.Memo, pools: Pools, namespace: str, name: str, app: dict[str, Any]) -> None:
-    """Keep the app on its webhook route (one per repository and secret), and say where it is."""
+async def _route(memo: kopf.Memo, pools: Pools, namespace: str, name: str, app: dict[str, Any]) -> str | None:
+    """Keep the app on its webhook route (one per repository and secret); return its path for status."""
     services: Services = memo.services
     routes: webhook.Routes = memo.routes
     found = await pools.lookup(functools.partial(webhook_route, app, services))
     if found is None:
         routes.forget((namespace, name))
-        path = None
-    else:
-        secret, repository, branch = found
-        path = webhook.route_path(
-            routes.register((namespace, name), secret=secret, repository=repository, branch=branch)
-        )
-    if (app.get("status") or {}).get("webhookPath") != path:
-        ref = ObjectRef(GROUP, VERSION, resources.APP.kind, namespace, name)
-        patch = {"status": {"webhookPath": path}}
-        await pools.lookup(functools.partial(services.operator.merge_patch, ref, patch, subresource="status"))
+        return None
+    secret, repository, branch = found
+    token = routes.register((namespace, name), secret=secret, repository=repository, branch=branch)
+    return webhook.route_path(token)
 
 
 async def _sleep(pending: Wakeup, stopped: kopf.DaemonStopped, delay: float) -> tuple[Trigger, bool, float]:

@@ -94,9 +94,15 @@ def begin(
     force: bool = False,
     fresher_than: float = float("inf"),
     park: bool = False,
+    status_extra: Mapping[str, Any] | None = None,
 ) -> Outcome | Parked:
-    """Start an attempt; with ``park``, an apply waiting for health comes back as :class:`Parked`."""
+    """Start an attempt; with ``park``, an apply waiting for health comes back as :class:`Parked`.
+
+    ``status_extra`` are status fields the caller owns (the webhook route), written with the
+    attempt's own status write, or alone if the attempt writes none and they changed.
+    """
     run = Run(app=app, services=services, trigger=trigger, force=force, fresher_than=fresher_than, park=park)
+    run.status_extra = dict(status_extra or {})
     if run.spec.get("suspend"):
         return _done(run, _suspended(run))
     return _done(run, _guarded(run, lambda: _attempt(run)))
@@ -373,7 +379,9 @@ def _finish(run: Run, finish: Finish) -> None:
     for record in finish.records:
         _write_record(run, record)
     if finish.conditions:
-        _write_status(run, finish.conditions, finish.fields)
+        _write_status(run, finish.conditions, {**run.status_extra, **finish.fields})
+    elif any(run.status.raw.get(key) != value for key, value in run.status_extra.items()):
+        run.services.operator.merge_patch(run.ref, {"status": dict(run.status_extra)}, subresource="status")
 
 
 def _write_record(run: Run, fields: Mapping[str, Any]) -> None:

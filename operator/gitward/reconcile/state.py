@@ -77,6 +77,7 @@ class Run:
     # a poll accepts one checked within its interval, a webhook only one checked after it arrived.
     fresher_than: float = float("inf")
     park: bool = False  # stop after apply and hand the health wait to the caller (reconcile.app.Parked)
+    status_extra: dict[str, Any] = field(default_factory=dict)  # status fields the caller owns
     # Filled by the steps, in pipeline order
     resolved: ResolvedApp | None = None
     head: str = ""
