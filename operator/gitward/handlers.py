@@ -49,9 +49,9 @@ from gitward.kube.objects import APIError, Objects
 from gitward.kube.reviews import MetricsAccess
 from gitward.reconcile import app as reconcile
 from gitward.reconcile.decide import next_delay, step_of
-from gitward.reconcile.shared import SharedResults
 from gitward.reconcile.state import Services
 from gitward.reconcile.status import Action, Outcome
+from gitward.sharing import SharedResults
 from gitward.source import git, urls
 from gitward.source.shared import SharedSources
 
@@ -208,6 +208,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         ceilings=config.ceilings,
         sources=SharedSources(fetch_options),
         verifications=SharedResults(ttl=300.0, size=4096),
+        trees=SharedResults(ttl=600.0, size=8),
         health=WatchedHealth(operator),
         fences={},
     )

@@ -8,7 +8,7 @@ import pytest
 
 from gitward.api.conditions import Reason
 from gitward.errors import Stalled, Waiting
-from gitward.reconcile.shared import SharedResults
+from gitward.sharing import SharedResults
 
 
 class Clock:

@@ -25,11 +25,11 @@ from gitward.apply.run import ApplyResult, HealthWaiter, Plan
 from gitward.kube.clients import ServiceAccountRef
 from gitward.kube.objects import Objects
 from gitward.reconcile.resolve import Reader, ResolvedApp
-from gitward.reconcile.shared import SharedResults
 from gitward.reconcile.status import AppStatus, Step
 from gitward.render.limits import Limits
 from gitward.render.load import DEFAULT_KUSTOMIZE, Rendered
 from gitward.render.manifests import Manifest
+from gitward.sharing import SharedResults
 from gitward.source import git
 from gitward.source.shared import SharedSources
 from gitward.trust.verify import VerifiedSource
@@ -58,6 +58,7 @@ class Services:
     # verification per (commit, baseline, keys). Without them (the CLI) each run does its own.
     sources: SharedSources | None = None
     verifications: SharedResults[VerifiedSource] | None = None
+    trees: SharedResults[list[git.TreeEntry]] | None = None  # commit trees, listed once per commit
     # How health is waited for: by watch in the operator; by polling when absent (the CLI).
     health: HealthWaiter | None = None
     # Per tenant namespace, the digest of the fence this process last wrote there (fence.ensure).

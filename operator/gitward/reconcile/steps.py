@@ -106,7 +106,9 @@ def fetch(run: Run) -> None:
             head=run.head or None,
         )
     run.head = run.checkout.commit
-    run.repo = git.Repository(run.checkout.repo, options=options, budgets=resolved.budgets)
+    run.repo = git.Repository(
+        run.checkout.repo, options=options, budgets=resolved.budgets, trees=run.services.trees
+    )
 
 
 def trust(run: Run) -> None:

@@ -15,6 +15,7 @@ from gitward import processes
 from gitward.api.budgets import Budgets, describe
 from gitward.api.conditions import Reason
 from gitward.errors import Stalled, Waiting
+from gitward.sharing import SharedResults
 from gitward.source.commits import CommitObject, parse_commit
 from gitward.source.entries import TreeEntry
 from gitward.source.fetch import SHA_RE
@@ -26,11 +27,21 @@ _ENTRY_OVERHEAD: Final = 128  # mode, type, id and size of one ls-tree line, bes
 class Repository:
     """Read-only questions about a fetched cache repository (ancestry, commit ranges, objects)."""
 
-    def __init__(self, path: Path, *, options: FetchOptions, budgets: Budgets | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        options: FetchOptions,
+        budgets: Budgets | None = None,
+        trees: SharedResults[list[TreeEntry]] | None = None,
+    ) -> None:
         self.path = path
         self.options = options
         self.budgets = budgets or Budgets()
         self._cache: dict[str, CommitObject] = {}
+        # A commit's tree is the same for every app that reads the repository (and the budget it is
+        # read under is the tenant's, whose cache this is): listed once, shared.
+        self._trees = trees
 
     def _run(
         self, args: Sequence[str], *, stdin: bytes | None = None, max_output: int = OUTPUT_CAP
@@ -121,6 +132,13 @@ class Repository:
         return self._cache[sha]
 
     def tree(self, commit: str) -> list[TreeEntry]:
+        """Every entry of the commit's tree (see :meth:`list_tree`), shared between readers when possible."""
+        if self._trees is None:
+            return self.list_tree(commit)
+        key = (str(self.path), commit, self.budgets.tree_entries, self.budgets.tree_bytes)
+        return self._trees.get(key, lambda: self.list_tree(commit))
+
+    def list_tree(self, commit: str) -> list[TreeEntry]:
         """Every entry of the commit's tree (recursively), with mode and size, without a checkout.
 
         A tree can name one subtree many times, so a few kilobytes of objects

@@ -1,11 +1,13 @@
 """Results one app's reconcile can lend another: computed once, single-flight, for a while.
 
 When a thousand apps read one source and a new head arrives, each must
-verify it against its own baseline and its tenant's keys. Those inputs are
-almost always the same, so the verification (a ``gpg`` or ``ssh-keygen``
-per commit) is keyed by all of them and done once. A refusal is shared the
-same way (a transient failure is not kept). Entries expire (a key can expire while a result is cached) and
-the least recently used go first past ``size``.
+verify it against its own baseline and its tenant's keys, and each reads
+the commit's tree to render its own path. Those inputs are almost always
+the same, so the verification (a ``gpg`` or ``ssh-keygen`` per commit) is
+keyed by all of them and done once, and so is the tree listing. A refusal
+is shared the same way (a transient failure is not kept). Entries expire
+(a key can expire while a result is cached) and the least recently used go
+first past ``size``.
 """
 
 from __future__ import annotations
