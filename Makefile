@@ -34,7 +34,7 @@ lint: install
 	$(BIN)/python hack/gen-reference --check
 
 test: install cluster-build
-	pytest $(PYTEST_ARGS) tests/unit tests/integration tests/security tests/e2e
+	pytest $(PYTEST_ARGS) tests/unit tests/integration tests/security tests/e2e tests/faults
 
 test-unit: install
 	pytest $(PYTEST_ARGS) tests/unit

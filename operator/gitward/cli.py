@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 import gitward
-from gitward import logs
+from gitward import logs, shards
 from gitward.api import budgets, conditions, resources
 from gitward.api.refs import ObjectRef
 from gitward.errors import GitwardError
@@ -244,9 +244,19 @@ def _diff(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import os  # noqa: PLC0415 - only the operator needs these
 
-    import kopf  # noqa: PLC0415
+    from gitward.kube import leases  # noqa: PLC0415
 
-    from gitward import handlers  # noqa: PLC0415 - registers the handlers
+    try:
+        shard = shards.Shard.of(key=args.shard, hash_spec=args.shard_hash)
+        timing = leases.Timing(args.lease_duration, args.renew_deadline, args.retry_period)
+    except ValueError as error:
+        print(f"gitward run: {error}", file=sys.stderr)
+        return 2
+
+    import kopf  # noqa: PLC0415
+    import structlog  # noqa: PLC0415
+
+    from gitward import handlers, leadership  # noqa: PLC0415 - registers the handlers
 
     logs.configure()
     kopf.configure(
@@ -266,13 +276,32 @@ def _run(args: argparse.Namespace) -> int:
         reconcile_workers=args.reconcile_workers,
         tenant_concurrency=args.tenant_concurrency,
         metrics_auth=args.metrics_auth,
+        shard=shard,
     )
-    kopf.run(
-        clusterwide=True,
-        standalone=True,
-        memo=kopf.Memo(config=config),
-        liveness_endpoint=args.liveness or None,
+    memo = kopf.Memo(config=config)
+
+    def operate() -> None:
+        kopf.run(clusterwide=True, standalone=True, memo=memo, liveness_endpoint=args.liveness or None)
+
+    structlog.get_logger("gitward.run").info(
+        "reconciling one shard", shard=str(shard), leader_elect=args.leader_elect, lease=shard.lease_name
     )
+    if not args.leader_elect:
+        operate()
+        return 0
+    elector = leases.LeaderElector(
+        clients.api_client(clients.load_configuration(args.kubeconfig)),
+        namespace=args.operator_namespace,
+        name=shard.lease_name,
+        timing=timing,
+    )
+    with leadership.leader(elector, liveness=args.liveness) as leading:
+        if not leading:
+            return 0
+        try:
+            operate()
+        finally:
+            leadership.drain(memo)  # still renewing: no standby starts while a reconcile runs here
     return 0
 
 
@@ -371,9 +400,82 @@ def _add_run_parser(commands: Any) -> None:  # noqa: ANN401 - argparse's private
         action="store_true",
         help="serve /metrics only to bearer tokens that may get /metrics (TokenReview, SubjectAccessReview)",
     )
+    _add_shard_flags(run)
     run.add_argument("--verbose", action="store_true", help="log every kopf step")
     run.add_argument("--log-json", action="store_true", help="kopf's own logs as JSON too")
     run.set_defaults(func=_run)
+
+
+def _shard_key(value: str) -> str:
+    try:
+        return shards.validate_key(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _shard_hash(value: str) -> str:
+    try:
+        shards.parse_hash(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return value
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} must be a positive number of seconds")
+    return seconds
+
+
+def _add_shard_flags(run: argparse.ArgumentParser) -> None:
+    """Sharding and leader election: which apps this process owns, and one active replica per shard."""
+    which = run.add_mutually_exclusive_group()
+    which.add_argument(
+        "--shard",
+        type=_shard_key,
+        default=None,
+        metavar="KEY",
+        help=f"own only the apps labelled {shards.SHARD_LABEL}=KEY (default: the apps without that label)",
+    )
+    which.add_argument(
+        "--shard-hash",
+        type=_shard_hash,
+        default=None,
+        metavar="I/N",
+        help=f"own the apps without {shards.SHARD_LABEL} whose sha256(namespace/name) mod N is I",
+    )
+    run.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="reconcile only while holding the shard's Lease (gitward-shard-KEY in the operator namespace); "
+        "other replicas stand by",
+    )
+    run.add_argument(
+        "--lease-duration",
+        type=_seconds,
+        default=15.0,
+        metavar="SECONDS",
+        help="how long a standby waits after the leader's last renewal before taking over",
+    )
+    run.add_argument(
+        "--renew-deadline",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long the leader keeps trying to renew before it exits (shorter than the lease duration)",
+    )
+    run.add_argument(
+        "--retry-period",
+        type=_seconds,
+        default=2.0,
+        metavar="SECONDS",
+        help="how often the leader renews and a standby tries to acquire",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

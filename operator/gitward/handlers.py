@@ -55,7 +55,7 @@ from gitward.sharing import SharedResults
 from gitward.source import git, urls
 from gitward.source.shared import SharedSources
 
-FINALIZER = "gitward.dev/finalizer"
+FINALIZER = shards.DEFAULT_FINALIZER  # the unsharded instance's; each shard has its own
 REQUEST_ANNOTATION = "gitward.dev/reconcile-requested-at"
 GROUP, VERSION, PLURAL = resources.GROUP, resources.VERSION, resources.APP.plural
 _T = TypeVar("_T")
@@ -162,7 +162,9 @@ def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Operator settings, the pipeline's services, and the webhook/metrics server."""
     config: Config = memo.config
-    settings.persistence.finalizer = FINALIZER
+    # Each shard has its own finalizer: kopf removes a finalizer from apps none of its handlers
+    # match, so with one shared name two shards would take it off each other's apps for ever.
+    settings.persistence.finalizer = config.shard.finalizer
     # kopf hides annotations under its storage prefix from change detection, so its own bookkeeping
     # lives under kopf.gitward.dev and the user-facing gitward.dev/* annotations stay visible.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.gitward.dev")

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 SHARD_LABEL = "gitward.dev/shard"
 LEASE_PREFIX = "gitward-shard-"
 DEFAULT_LEASE = f"{LEASE_PREFIX}default"
+DEFAULT_FINALIZER = "gitward.dev/finalizer"
+FINALIZER_PREFIX = "shard.gitward.dev/"
 MAX_KEY = 63
 MAX_SHARDS = 1024
 
@@ -117,6 +119,19 @@ class Shard:
         if self.count > 1:
             return f"{LEASE_PREFIX}hash-{self.index}-of-{self.count}"
         return DEFAULT_LEASE
+
+    @property
+    def finalizer(self) -> str:
+        """The finalizer this shard's processes put on the apps they own: one name per shard.
+
+        kopf removes its finalizer from every object none of its handlers match, so
+        processes of two shards sharing one name would take it off each other's apps
+        in an endless loop of patches. With a name per shard, a process only ever
+        adds or removes its own. The main instance keeps ``gitward.dev/finalizer``.
+        """
+        if self.key is None and self.count == 1:
+            return DEFAULT_FINALIZER
+        return f"{FINALIZER_PREFIX}{self.lease_name.removeprefix(LEASE_PREFIX)}"
 
     def __str__(self) -> str:
         if self.key is not None:

@@ -39,6 +39,9 @@ def allowed(admin, verb, resource, *, namespace="", group="", name="", subresour
     return bool(client.AuthorizationV1Api(admin).create_subject_access_review(review).status.allowed)
 
 
+# Leader election: the shards' Leases, in the operator's own namespace.
+LEASES = {"group": "coordination.k8s.io", "namespace": "gitward-system"}
+
 CAN = [
     ("list", "gitopsapps", {"group": "gitward.dev"}),
     ("patch", "gitopsapps", {"group": "gitward.dev", "namespace": "team-x", "subresource": "status"}),
@@ -50,6 +53,9 @@ CAN = [
     ("bind", "clusterroles", {"group": "rbac.authorization.k8s.io", "name": "gitward-fence"}),
     ("get", "configmaps", {"namespace": "gitward-system", "name": "team-x-keys"}),
     ("create", "events", {"namespace": "team-x"}),
+    ("create", "leases", LEASES),
+    ("get", "leases", {**LEASES, "name": "gitward-shard-default"}),
+    ("update", "leases", {**LEASES, "name": "gitward-shard-default"}),
 ]
 CANNOT = [
     ("get", "secrets", {"namespace": "kube-system", "name": "anything"}),
@@ -69,6 +75,10 @@ CANNOT = [
     ("update", "gitopstenants", {"group": "gitward.dev", "name": "team-x"}),
     ("delete", "customresourcedefinitions", {"group": "apiextensions.k8s.io"}),
     ("create", "mutatingwebhookconfigurations", {"group": "admissionregistration.k8s.io"}),
+    ("update", "leases", {**LEASES, "name": "some-other-lease"}),
+    ("delete", "leases", {**LEASES, "name": "gitward-shard-default"}),
+    ("update", "leases", {**LEASES, "namespace": "kube-system", "name": "kube-controller-manager"}),
+    ("create", "leases", {**LEASES, "namespace": "kube-system"}),
 ]
 
 

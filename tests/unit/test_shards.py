@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import re
 
 import pytest
 from hypothesis import given
@@ -75,6 +76,19 @@ def test_every_shard_has_its_own_lease():
         DEFAULT_LEASE, DEFAULT_LEASE, "gitward-shard-a", "gitward-shard-hash-0-of-2", "gitward-shard-hash-1-of-2"
     ]  # fmt: skip
     assert DEFAULT_LEASE == "gitward-shard-default"
+
+
+def test_every_shard_has_its_own_finalizer():
+    """kopf removes its finalizer from the objects none of its handlers match: one shared name would be fought over."""
+    shards = [Shard(), Shard(key="a"), Shard(key="b"), Shard(index=0, count=2), Shard(index=1, count=2)]
+    names = [s.finalizer for s in shards]
+    assert names == [
+        "gitward.dev/finalizer", "shard.gitward.dev/a", "shard.gitward.dev/b",
+        "shard.gitward.dev/hash-0-of-2", "shard.gitward.dev/hash-1-of-2",
+    ]  # fmt: skip
+    qualified = re.compile(r"[a-z0-9.-]{1,253}/[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+    for name in [*names, Shard(key="k" * 63).finalizer, Shard(index=1023, count=1024).finalizer]:
+        assert qualified.fullmatch(name), name
 
 
 @pytest.mark.parametrize(
