@@ -241,8 +241,30 @@ def _diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def _few_malloc_arenas() -> None:
+    """Two malloc arenas, not glibc's up to eight per core: one per thread that ever allocated.
+
+    The operator's threads (reconciles, requests, watches) each took an arena of their own, and
+    the memory freed in each stayed with it: most of the peak RSS at a thousand apps. Like
+    ``MALLOC_ARENA_MAX=2``, set before any thread starts; nothing on a libc without ``mallopt``.
+    """
+    import ctypes  # noqa: PLC0415 - only the operator needs this
+    import ctypes.util  # noqa: PLC0415
+
+    m_arena_max = -8
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(m_arena_max, 2)
+
+
 def _run(args: argparse.Namespace) -> int:
     import os  # noqa: PLC0415 - only the operator needs these
+
+    _few_malloc_arenas()
 
     from gitward.kube import leases  # noqa: PLC0415
 

@@ -26,6 +26,7 @@ owner, is an ``OwnershipConflict``, never taken over.
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +38,7 @@ from gitward.api.refs import ObjectRef
 from gitward.api.resources import ChangeAction
 from gitward.apply import health, order
 from gitward.apply.inventory import MANAGED_LABEL, OWNER_ANNOTATION, PruneGuard, check_guard, to_prune
-from gitward.errors import GitwardError, Stalled
+from gitward.errors import GitwardError, Stalled, Waiting
 from gitward.kube.objects import APIError, Objects, classify
 from gitward.render.manifests import Manifest
 
@@ -115,10 +116,27 @@ def labelled(manifest: Manifest, owner: str) -> dict[str, Any]:
     return obj
 
 
-def _summarize(failures: Sequence[GitwardError], verb: str) -> Stalled:
+def _summarize(failures: Sequence[GitwardError], verb: str) -> GitwardError:
+    """One error for all of them: transient if any is (the verdict is not final), else a refusal."""
     shown = "; ".join(f.message for f in failures[:MAX_LISTED])
     more = f"; and {len(failures) - MAX_LISTED} more" if len(failures) > MAX_LISTED else ""
-    return Stalled(failures[0].reason, f"{len(failures)} object(s) {verb}: {shown}{more}")
+    message = f"{len(failures)} object(s) {verb}: {shown}{more}"
+    transient = [f for f in failures if isinstance(f, Waiting)]
+    if transient:
+        return Waiting(transient[0].reason, message, retry_after=min(f.retry_after for f in transient))
+    return Stalled(failures[0].reason, message)
+
+
+_POOL: list[ThreadPoolExecutor] = []
+_POOL_LOCK = threading.Lock()
+
+
+def _requests_pool(workers: int) -> ThreadPoolExecutor:
+    """One process-wide pool for an app's concurrent requests (a pool per call meant threads per call)."""
+    with _POOL_LOCK:
+        if not _POOL:
+            _POOL.append(ThreadPoolExecutor(max_workers=max(workers, 16), thread_name_prefix="gitward-apply"))
+        return _POOL[0]
 
 
 class Applier:
@@ -138,8 +156,7 @@ class Applier:
 
         if len(items) <= 1 or self.workers <= 1:
             return [attempt(item) for item in items]
-        with ThreadPoolExecutor(max_workers=min(self.workers, len(items))) as pool:
-            return list(pool.map(attempt, items))
+        return list(_requests_pool(self.workers).map(attempt, items))
 
     def _existing(self, refs: Sequence[ObjectRef]) -> dict[ObjectRef, Mapping[str, Any]]:
         found: dict[ObjectRef, Mapping[str, Any]] = {}

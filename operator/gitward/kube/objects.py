@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import builtins
 import json
+import random
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +30,21 @@ from gitward.errors import GitwardError, Stalled, Waiting, truncate
 from gitward.kube.clients import IMPERSONATE_USER_HEADER
 
 _NOT_FOUND = 404
+_TOO_MANY_REQUESTS = 429
+_THROTTLED_ATTEMPTS = 6
+_MAX_RETRY_AFTER = 5.0
+
+
+def _retry_after(header: str | None, attempt: int) -> float:
+    """Seconds to wait after a 429: the server's Retry-After (at most 5 s), else a backoff; jittered."""
+    try:
+        wanted = float(header) if header else 0.0
+    except ValueError:
+        wanted = 0.0
+    base = min(_MAX_RETRY_AFTER, wanted or 0.1 * 2**attempt)
+    return base * (0.5 + random.random())  # noqa: S311 - spreads retries apart, not cryptography
+
+
 _FORBIDDEN = 403
 _CONFLICT = 409
 _TRANSIENT = frozenset({429, 500, 502, 503, 504})
@@ -159,26 +176,33 @@ class Objects:
             body=body,
             auth_settings=["BearerToken"],
         )
-        try:
-            response = self.api.call_api(
-                method,
-                url,
-                header_params=headers,
-                body=serialized,
-                post_params=post_params,
-                _request_timeout=60,
-            )
-        except ApiException as error:  # raised by the REST layer for transport-level failures
-            raise APIError(int(error.status or 0), str(error.reason or error)) from None
-        except (OSError, HTTPError) as error:  # no answer at all: urllib3's MaxRetryError, ProtocolError
-            raise APIError(0, f"cannot reach the API server: {type(error).__name__}") from None
-        try:
-            data = response.read()
-        except (OSError, HTTPError) as error:
-            raise APIError(0, f"the API server's answer broke off: {type(error).__name__}") from None
-        if not 200 <= response.status <= 299:  # noqa: PLR2004 - the HTTP success range
-            raise APIError.from_response(response.status, data, response.reason)
-        return json.loads(data) if data else {}
+        for attempt in range(_THROTTLED_ATTEMPTS):
+            try:
+                response = self.api.call_api(
+                    method,
+                    url,
+                    header_params=headers,
+                    body=serialized,
+                    post_params=post_params,
+                    _request_timeout=60,
+                )
+            except ApiException as error:  # raised by the REST layer for transport-level failures
+                raise APIError(int(error.status or 0), str(error.reason or error)) from None
+            except (OSError, HTTPError) as error:  # no answer: urllib3's MaxRetryError, ProtocolError
+                raise APIError(0, f"cannot reach the API server: {type(error).__name__}") from None
+            try:
+                data = response.read()
+            except (OSError, HTTPError) as error:
+                raise APIError(0, f"the API server's answer broke off: {type(error).__name__}") from None
+            if response.status == _TOO_MANY_REQUESTS and attempt < _THROTTLED_ATTEMPTS - 1:
+                # The API server sheds load with 429 and says when to come back; as client-go does,
+                # that is waited out here (bounded, jittered) rather than failing the reconcile.
+                time.sleep(_retry_after(response.getheader("Retry-After"), attempt))
+                continue
+            if not 200 <= response.status <= 299:  # noqa: PLR2004 - the HTTP success range
+                raise APIError.from_response(response.status, data, response.reason)
+            return json.loads(data) if data else {}
+        raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
     def resource(self, api_version: str, kind: str) -> Resource:
         """Discover where ``kind`` of ``api_version`` is served (cached)."""

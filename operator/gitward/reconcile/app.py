@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gitward.api.conditions import (
@@ -213,6 +213,10 @@ def _deliver(
     assert run.result is not None  # noqa: S101 - the apply step ran
     targets = workloads(run.result)
     if run.park and targets:
+        # A thousand apps may wait for health at once: what only the apply needed is let go.
+        run.plan, run.placed = None, ()
+        if run.rendered is not None:
+            run.rendered = replace(run.rendered, manifests=())
         return Parked(run, targets, run.require_resolved().spec.health_timeout_seconds, then)
     return then()
 

@@ -58,7 +58,7 @@ class Services:
     # verification per (commit, baseline, keys). Without them (the CLI) each run does its own.
     sources: SharedSources | None = None
     verifications: SharedResults[VerifiedSource] | None = None
-    trees: SharedResults[list[git.TreeEntry]] | None = None  # commit trees, listed once per commit
+    trees: SharedResults[Any] | None = None  # commit trees and their indexes, built once per commit
     # How health is waited for: by watch in the operator; by polling when absent (the CLI).
     health: HealthWaiter | None = None
     # Per tenant namespace, the digest of the fence this process last wrote there (fence.ensure).

@@ -98,7 +98,7 @@ def load(
     """Render ``path`` at ``commit``; raise ``Stalled`` with the reason and the file that stops it."""
     limits = limits or Limits()
     root = normalize(path, what="source.path")
-    tree = Tree(repo.tree(commit), limits=limits)
+    tree = repo.shared(("index", commit, limits), lambda: Tree(repo.tree(commit), limits=limits))
     links = [e for e in tree.entries.values() if e.is_symlink]
     for link in links:
         if link.size > MAX_SYMLINK_TARGET:  # a path longer than PATH_MAX cannot name anything in the tree
@@ -124,7 +124,9 @@ def load(
             and not any(p.startswith(".") for p in view.path.split("/"))
         ]
     _check_sizes([(view.path, view.entry) for view in files], limits)
-    blob_cache.update(repo.blobs([view.entry.oid for view in files]))
+    blob_cache.update(
+        repo.blobs([view.entry.oid for view in files], known={v.entry.oid: v.entry.size for v in files})
+    )
 
     def read(entry: TreeEntry) -> bytes:
         if entry.oid not in blob_cache:

@@ -7,9 +7,9 @@ read; git's answers are capped while they are read.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, TypeVar
 
 from gitward import processes
 from gitward.api.budgets import Budgets, describe
@@ -21,6 +21,7 @@ from gitward.source.entries import TreeEntry
 from gitward.source.fetch import SHA_RE
 from gitward.source.runner import INTEGRITY_PROBLEMS, OUTPUT_CAP, FetchOptions, GitRunner, throwaway_home
 
+T = TypeVar("T")
 _ENTRY_OVERHEAD: Final = 128  # mode, type, id and size of one ls-tree line, besides the path
 
 
@@ -33,7 +34,7 @@ class Repository:
         *,
         options: FetchOptions,
         budgets: Budgets | None = None,
-        trees: SharedResults[list[TreeEntry]] | None = None,
+        trees: SharedResults[Any] | None = None,
     ) -> None:
         self.path = path
         self.options = options
@@ -133,10 +134,19 @@ class Repository:
 
     def tree(self, commit: str) -> list[TreeEntry]:
         """Every entry of the commit's tree (see :meth:`list_tree`), shared between readers when possible."""
+        key = ("entries", commit, self.budgets.tree_entries, self.budgets.tree_bytes)
+        return self.shared(key, lambda: self.list_tree(commit))
+
+    def shared(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """``compute()``, shared with every reader of this repository that asks for the same ``key``.
+
+        For what is a pure function of the repository's immutable objects (a commit's tree, an index
+        built on it): the readers of one repository are one tenant's apps.
+        """
         if self._trees is None:
-            return self.list_tree(commit)
-        key = (str(self.path), commit, self.budgets.tree_entries, self.budgets.tree_bytes)
-        return self._trees.get(key, lambda: self.list_tree(commit))
+            return compute()
+        value: T = self._trees.get((str(self.path), key), compute)
+        return value
 
     def list_tree(self, commit: str) -> list[TreeEntry]:
         """Every entry of the commit's tree (recursively), with mode and size, without a checkout.
@@ -194,10 +204,16 @@ class Repository:
             )
         return entries
 
-    def blobs(self, oids: Sequence[str]) -> dict[str, bytes]:
-        """Read blobs in one ``git cat-file --batch``, after checking their sizes."""
+    def blobs(self, oids: Sequence[str], *, known: Mapping[str, int] | None = None) -> dict[str, bytes]:
+        """Read blobs in one ``git cat-file --batch``, after checking their sizes.
+
+        ``known`` sizes (from the ``ls-tree -l`` that listed the blobs) spare a ``--batch-check``.
+        """
         wanted = list(dict.fromkeys(oids))
-        sizes = self.sizes(wanted)
+        if known is not None and all(oid in known for oid in wanted):
+            sizes = {oid: ("blob", known[oid]) for oid in wanted}
+        else:
+            sizes = self.sizes(wanted)
         for oid, (_, size) in sizes.items():
             self._check_object_size(f"blob {oid[:12]}", size)
         expected = sum(size for _, size in sizes.values())
