@@ -43,6 +43,7 @@ from gitward.api.refs import ObjectRef
 from gitward.api.resources import Trigger, parse_duration
 from gitward.apply.waiting import WatchedHealth
 from gitward.errors import GitwardError, Stalled, Waiting
+from gitward.history.store import History
 from gitward.kube import clients
 from gitward.kube.cached import CachedReader
 from gitward.kube.objects import APIError, Objects
@@ -216,6 +217,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         trees=SharedResults(ttl=600.0, size=8),
         health=WatchedHealth(operator),
         fences={},
+        history=History(),
     )
 
     access = MetricsAccess(operator.api) if config.metrics_auth else None

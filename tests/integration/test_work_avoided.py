@@ -5,6 +5,7 @@
   one, and a Deployment that never gets ready still times out.
 - An object the dry-run shows would not change is not written.
 - The fence is written when it changes, not on every deploy.
+- An app's records are listed once per process, not twice per deploy.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import pytest
 
 from gitward.api.conditions import Reason
 from gitward.api.refs import ObjectRef
-from gitward.api.resources import ChangeAction
+from gitward.api.resources import ChangeAction, Trigger
 from gitward.apply.waiting import WatchedHealth
+from gitward.history import store
+from gitward.history.records import Attempt, Outcome, chain_breaks, last_applied
 from gitward.kube import clients
 from gitward.kube.objects import Objects
 from support.pipeline import Harness, configmap, deployment
@@ -132,3 +135,38 @@ def test_the_fence_is_written_when_it_changes_not_on_every_deploy(harness, admin
     quota = harness.operator.get(ObjectRef("", "v1", "ResourceQuota", harness.namespace, "gitward-quota"))
     assert quota is not None
     assert quota["spec"]["hard"]["pods"] == "21"
+
+
+def test_an_apps_records_are_listed_once_and_the_chain_stays_whole(admin, namespace, crds):
+    """The history cache: one LIST per app per process, the same chain, trimming and baseline as without it."""
+    objects = CountingObjects(admin)
+    history = store.History()
+
+    def attempt(commit: str, uid: str = "uid-1", started: str = "2026-11-25T10:00:00Z") -> Attempt:
+        return Attempt(
+            app_namespace=namespace, app_name="web", app_uid=uid, tenant="t", commit=commit,
+            trigger=Trigger.POLL, outcome=Outcome.APPLIED, reason=Reason.SUCCEEDED, message="ok",
+            started_at=started, finished_at=started, generation=1,
+        )  # fmt: skip
+
+    commits = [f"{i:040x}" for i in range(1, 6)]
+    for index, commit in enumerate(commits):
+        store.record(
+            objects, attempt(commit, started=f"2026-11-25T10:00:0{index}Z"), history_limit=3, history=history
+        )
+    lists = sum(
+        n
+        for (method, path), n in objects.paths.items()
+        if method == "GET" and path.endswith("gitopsrevisions")
+    )
+    assert lists == 1  # five records written, the app's records listed once
+    live = store.list_records(objects, namespace, "web")
+    assert [r["spec"]["commit"] for r in live] == commits[-3:]  # trimmed to the limit, as without the cache
+    assert chain_breaks(live) == []
+    cached = history.records(objects, namespace, "web", "uid-1")
+    assert [r["metadata"]["name"] for r in cached] == [r["metadata"]["name"] for r in live]
+    assert last_applied(cached) == last_applied(live) == commits[-1]
+    # A new app of the same name (another uid) does not inherit what the cache knew.
+    objects.paths.clear()
+    history.records(objects, namespace, "web", "uid-2")
+    assert sum(n for (method, _), n in objects.paths.items() if method == "GET") == 1

@@ -7,7 +7,8 @@ identity. Records are trimmed to the app's ``historyLimit``, oldest first.
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
+import threading
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gitward import logs
@@ -63,22 +64,95 @@ def event_body(attempt: Attempt) -> dict[str, Any]:
     }
 
 
-def record(objects: Objects, attempt: Attempt, *, history_limit: int) -> Mapping[str, Any] | None:
+def record(
+    objects: Objects, attempt: Attempt, *, history_limit: int, history: History | None = None
+) -> Mapping[str, Any] | None:
     """Write the attempt; return the record, or None if this very attempt was already recorded."""
-    existing = list_records(objects, attempt.app_namespace, attempt.app_name)
+    key = (attempt.app_namespace, attempt.app_name, attempt.app_uid)
+    existing = (
+        history.records(objects, *key)
+        if history is not None
+        else list_records(objects, attempt.app_namespace, attempt.app_name)
+    )
     previous = existing[-1] if existing else None
     body = revision_body(
         attempt,
         sequence=(sequence_of(previous) + 1) if previous else 1,
-        previous_digest=spec_digest(previous["spec"]) if previous else "",
+        previous_digest=_digest_of(previous) if previous else "",
     )
-    created = objects.create(body)
-    if created is None:  # the same attempt, repeated after a restart: already on record
-        return None
-    objects.create(event_body(attempt))
-    logs.audit().info("change attempt", record=body["metadata"]["name"], **attempt.audit_fields())
-    for name in to_remove([*existing, created], history_limit):
-        objects.delete(
-            ObjectRef("gitward.dev", resources.VERSION, resources.REVISION.kind, attempt.app_namespace, name)
-        )
+    try:
+        created = objects.create(body)
+        if created is None:  # the same attempt, repeated after a restart: already on record
+            if history is not None:
+                history.forget(*key)
+            return None
+        objects.create(event_body(attempt))
+        logs.audit().info("change attempt", record=body["metadata"]["name"], **attempt.audit_fields())
+        removed = to_remove([*existing, created], history_limit)
+        for name in removed:
+            objects.delete(
+                ObjectRef(
+                    "gitward.dev", resources.VERSION, resources.REVISION.kind, attempt.app_namespace, name
+                )
+            )
+    except BaseException:
+        if history is not None:
+            history.forget(*key)  # whatever happened, the next attempt reads the records again
+        raise
+    if history is not None:
+        kept = [r for r in [*existing, created] if r["metadata"]["name"] not in set(removed)]
+        history.remember(*key, kept)
     return created
+
+
+_DIGEST = "gitward.dev/spec-digest"  # a slim record's precomputed digest of its full spec
+
+
+def _digest_of(record: Mapping[str, Any]) -> str:
+    return str(record.get(_DIGEST) or spec_digest(record["spec"]))
+
+
+def slim(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What the operator needs of a record to decide and to chain the next one, and nothing more."""
+    metadata, spec = record.get("metadata") or {}, record.get("spec") or {}
+    return {
+        "metadata": {"name": metadata.get("name"), "labels": dict(metadata.get("labels") or {})},
+        "spec": {key: spec.get(key) for key in ("commit", "outcome", "reason", "trigger")},
+        _DIGEST: spec_digest(spec),
+    }
+
+
+class History:
+    """Each app's records as this process last read or wrote them: one LIST per app per process life.
+
+    Reading an app's records (its fast-forward baseline, its rollback targets, the chain's last
+    link) was a LIST over every record in the namespace, twice per deploy. Only the operator
+    writes records (admission), and only one process reconciles an app (its shard's Lease), so
+    what it wrote is what there is; the cache is keyed by the app's uid (a new app of the same
+    name starts afresh), dropped on any error, and holds slim records (a few fields each).
+    """
+
+    def __init__(self) -> None:
+        self._apps: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def records(self, objects: Objects, namespace: str, app: str, uid: str) -> list[dict[str, Any]]:
+        """The app's records, oldest first (slim: metadata name and labels, commit, outcome, reason)."""
+        with self._lock:
+            known = self._apps.get((namespace, app, uid))
+        if known is not None:
+            return list(known)
+        found = [slim(r) for r in list_records(objects, namespace, app)]
+        self.remember(namespace, app, uid, found)
+        return list(found)
+
+    def remember(self, namespace: str, app: str, uid: str, records: Sequence[Mapping[str, Any]]) -> None:
+        """What the app's records are now."""
+        with self._lock:
+            self._apps[(namespace, app, uid)] = [slim(r) if _DIGEST not in r else dict(r) for r in records]
+
+    def forget(self, namespace: str, app: str, uid: str = "") -> None:
+        """Read the app's records from the API next time (every uid when ``uid`` is empty)."""
+        with self._lock:
+            for key in [k for k in self._apps if k[:2] == (namespace, app) and (not uid or k[2] == uid)]:
+                del self._apps[key]

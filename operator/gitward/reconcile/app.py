@@ -401,7 +401,10 @@ def _write_record(run: Run, fields: Mapping[str, Any]) -> None:
         **fields,
     )
     store.record(
-        run.services.operator, attempt, history_limit=resolved.spec.history_limit if resolved else 50
+        run.services.operator,
+        attempt,
+        history_limit=resolved.spec.history_limit if resolved else 50,
+        history=run.services.history,
     )
 
 

@@ -9,6 +9,8 @@ branch moves past the head seen then.
 
 from __future__ import annotations
 
+from typing import Any
+
 from gitward.api.conditions import Reason
 from gitward.errors import Stalled
 from gitward.history import store
@@ -18,25 +20,33 @@ from gitward.reconcile.status import Hold, Step
 from gitward.reconcile.steps import run_steps
 
 
+def records_of(run: Run) -> list[dict[str, Any]]:
+    """The app's records, oldest first: from the operator's history cache when it has one."""
+    history = run.services.history
+    if history is not None:
+        return history.records(run.services.operator, run.namespace, run.name, run.uid)
+    return store.list_records(run.services.operator, run.namespace, run.name)
+
+
 def baseline(run: Run) -> str:
     """The fast-forward baseline: the last commit applied, from the operator's own records.
 
     Only the operator writes records (admission, manifests/admission.yaml), so
     a rewound ``status.lastAppliedRevision`` moves nothing.
     """
-    return last_applied(store.list_records(run.services.operator, run.namespace, run.name))
+    return last_applied(records_of(run))
 
 
 def healthy_target(run: Run) -> str:
     """The automatic rollback target: the last commit a record says was applied and healthy."""
-    return last_healthy(store.list_records(run.services.operator, run.namespace, run.name))
+    return last_healthy(records_of(run))
 
 
 def check_target(run: Run, target: str) -> None:
     """``RollbackNotAllowed`` unless ``target`` was applied before and is in the allowed branch's history."""
     if run.repo is None:
         raise RuntimeError("the fetch step has not run")
-    records = store.list_records(run.services.operator, run.namespace, run.name)
+    records = records_of(run)
     if target not in successful_commits(records):
         raise Stalled(
             Reason.ROLLBACK_NOT_ALLOWED,

@@ -22,6 +22,7 @@ from gitward.api.resources import Trigger
 from gitward.apply import health
 from gitward.apply.health import HealthStatus
 from gitward.apply.run import ApplyResult, HealthWaiter, Plan
+from gitward.history.store import History
 from gitward.kube.clients import ServiceAccountRef
 from gitward.kube.objects import Objects
 from gitward.reconcile.resolve import Reader, ResolvedApp
@@ -63,6 +64,7 @@ class Services:
     health: HealthWaiter | None = None
     # Per tenant namespace, the digest of the fence this process last wrote there (fence.ensure).
     fences: dict[str, str] | None = None
+    history: History | None = None  # each app's records as this process last read or wrote them
 
 
 @dataclass
