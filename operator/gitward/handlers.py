@@ -323,11 +323,12 @@ async def run_app(
             started = time.perf_counter()
             current: dict[str, Any] | None = None
             try:
-                # kopf's body is a live view of the app, kept current by its watch: a poll that
-                # follows a poll reads it for free. After an attempt that wrote status, or when
-                # woken, the app is read from the API, so a decision never rests on a status older
-                # than the operator's own last write.
-                if wrote or woken_at > float("-inf"):
+                # kopf's body is a live view of the app, kept current by its watch: an attempt that
+                # follows one that wrote nothing reads it for free (a push to a repository that a
+                # thousand apps read wakes them all). After an attempt that wrote status, the app is
+                # read from the API, so a decision never rests on a status older than the
+                # operator's own last write.
+                if wrote:
                     current = await pools.run(namespace, functools.partial(services.operator.get, ref))
                 else:
                     current = copy.deepcopy(dict(body))
