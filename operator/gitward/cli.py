@@ -265,6 +265,10 @@ def _run(args: argparse.Namespace) -> int:
     import os  # noqa: PLC0415 - only the operator needs these
 
     _few_malloc_arenas()
+    # The event loop answers webhooks and watches while up to --reconcile-workers threads run Python;
+    # at the default 5 ms a waiting loop got the GIL back only every 5 ms per turn, and a webhook
+    # answer took hundreds of milliseconds when a push woke a thousand apps.
+    sys.setswitchinterval(0.001)
 
     from gitward.kube import leases  # noqa: PLC0415
 
@@ -414,7 +418,7 @@ def _add_run_parser(commands: Any) -> None:  # noqa: ANN401 - argparse's private
     run.add_argument(
         "--tenant-concurrency",
         type=int,
-        default=4,
+        default=8,
         help="reconciles one tenant may run at once, so one tenant cannot take every worker",
     )
     run.add_argument(

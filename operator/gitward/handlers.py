@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import copy
 import functools
 import logging
 import random
@@ -81,7 +80,7 @@ class Config:
     service_account: str = ""  # "namespace/name" of the operator's own ServiceAccount, if it runs as one
     ceilings: budgets.Budgets = budgets.DEFAULT_CEILINGS
     reconcile_workers: int = 16
-    tenant_concurrency: int = 4
+    tenant_concurrency: int = 8
     webhook_workers: int = 2
     metrics_auth: bool = False  # /metrics only for bearer tokens allowed to get /metrics (TokenReview + SAR)
     default_workers: int = 4
@@ -108,10 +107,13 @@ class Pools:
             slots = self._tenants[name] = asyncio.Semaphore(self.tenant_concurrency)
         return slots
 
-    async def run(self, tenant: str, call: Callable[[], _T]) -> _T:
-        """Run ``call`` in the reconcile pool within ``tenant``'s slots."""
+    async def run(self, tenant: str | None, call: Callable[[], _T]) -> _T:
+        """Run ``call`` in the reconcile pool within ``tenant``'s slots (``None``: the pool's bound only)."""
+        loop = asyncio.get_running_loop()
+        if tenant is None:
+            return await loop.run_in_executor(self.reconcile, call)
         async with self.tenant(tenant):
-            return await asyncio.get_running_loop().run_in_executor(self.reconcile, call)
+            return await loop.run_in_executor(self.reconcile, call)
 
     async def lookup(self, call: Callable[[], _T]) -> _T:
         """Run a webhook lookup in its own small pool."""
@@ -331,20 +333,16 @@ async def run_app(
                 if wrote:
                     current = await pools.run(namespace, functools.partial(services.operator.get, ref))
                 else:
-                    current = copy.deepcopy(dict(body))
+                    # A snapshot, not a copy: kopf replaces the body it holds with each event's new
+                    # dict and never changes one in place, and the pipeline only reads it.
+                    current = dict(body)
                 if current is None or (current.get("metadata") or {}).get("deletionTimestamp"):
                     return
                 interval = _interval(current)
-                route = await _route(memo, pools, namespace, name, current)
                 # Woken (webhook, request, spec change): only a head checked since then will do.
                 fresher_than = max(woken_at, time.monotonic() - interval)
                 outcome = await _reconcile(
-                    memo,
-                    current,
-                    trigger=trigger,
-                    force=force,
-                    fresher_than=fresher_than,
-                    status_extra={"webhookPath": route},
+                    memo, current, trigger=trigger, force=force, fresher_than=fresher_than
                 )
             except (GitwardError, APIError) as error:  # status could not be written: retry with backoff
                 log.warning("reconcile error", error=str(error))
@@ -372,48 +370,47 @@ async def run_app(
 
 
 async def _reconcile(
-    memo: kopf.Memo,
-    app: dict[str, Any],
-    *,
-    trigger: Trigger,
-    force: bool,
-    fresher_than: float,
-    status_extra: Mapping[str, Any],
+    memo: kopf.Memo, app: dict[str, Any], *, trigger: Trigger, force: bool, fresher_than: float
 ) -> Outcome:
     """One attempt: the pipeline in the tenant's slots; a health wait parked on the event loop."""
     services: Services = memo.services
     pools: Pools = memo.pools
+    routes: webhook.Routes = memo.routes
+    metadata = app.get("metadata") or {}
+    key = (str(metadata.get("namespace") or ""), str(metadata.get("name") or ""))
     slots = f"tenant:{(app.get('spec') or {}).get('tenant') or ''}"
-    begin = functools.partial(
-        reconcile.begin,
-        app,
-        services,
-        trigger=trigger,
-        force=force,
-        fresher_than=fresher_than,
-        park=True,
-        status_extra=status_extra,
-    )
-    result = await pools.run(slots, begin)
+
+    def begin() -> tuple[tuple[bytes, str, str] | None, Outcome | reconcile.Parked]:
+        # The webhook route's inputs are read in the same hop as the attempt (the secret comes from
+        # a watched cache); the route table itself is the event loop's, so it is updated there.
+        found = webhook_route(app, services)
+        path = webhook.route_path(webhook.route_token(found[0], found[1])) if found else None
+        started = reconcile.begin(
+            app,
+            services,
+            trigger=trigger,
+            force=force,
+            fresher_than=fresher_than,
+            park=True,
+            status_extra={"webhookPath": path},
+        )
+        return found, started
+
+    found, result = await pools.run(slots, begin)
+    if found is None:
+        routes.forget(key)
+    else:
+        secret, repository, branch = found
+        routes.register(key, secret=secret, repository=repository, branch=branch)
     while isinstance(result, reconcile.Parked):
         # No thread and no tenant slot is held while the workloads become healthy.
         assert isinstance(services.health, WatchedHealth)  # noqa: S101 - wired in startup
         seen = await services.health.wait_async(result.targets, seconds=result.timeout)
-        result = await pools.run(slots, functools.partial(reconcile.resume, result, seen))
+        # Finishing (a record, an Event, a status patch) takes no tenant slot: behind a tenant's
+        # queue of new attempts it would wait for all of them, and 1000 apps' health, seen at once,
+        # would be recorded a minute late. The reconcile pool still bounds it.
+        result = await pools.run(None, functools.partial(reconcile.resume, result, seen))
     return result
-
-
-async def _route(memo: kopf.Memo, pools: Pools, namespace: str, name: str, app: dict[str, Any]) -> str | None:
-    """Keep the app on its webhook route (one per repository and secret); return its path for status."""
-    services: Services = memo.services
-    routes: webhook.Routes = memo.routes
-    found = await pools.lookup(functools.partial(webhook_route, app, services))
-    if found is None:
-        routes.forget((namespace, name))
-        return None
-    secret, repository, branch = found
-    token = routes.register((namespace, name), secret=secret, repository=repository, branch=branch)
-    return webhook.route_path(token)
 
 
 async def _sleep(pending: Wakeup, stopped: kopf.DaemonStopped, delay: float) -> tuple[Trigger, bool, float]:
