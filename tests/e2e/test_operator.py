@@ -22,7 +22,7 @@ from kubernetes import client
 from gitward.api.refs import ObjectRef
 from gitward.history.store import list_records
 from support.metrics import reconciles, wait_for_reconciles
-from support.operator import WEBHOOK_SECRET, OperatorProcess, World, push_payload
+from support.operator import WEBHOOK_SECRET, OperatorProcess, World, applied, push_payload
 from support.pipeline import configmap, deployment
 from support.toolpaths import kubectl_binary
 from support.waiting import wait_until
@@ -34,14 +34,6 @@ def push(world: World, files: dict[str, str], *, sign: bool = True, message: str
     commit = world.work.commit(files, message=message, sign=world.signer if sign else None)
     world.work.push()
     return commit
-
-
-def applied(world: World, commit: str, timeout: float = 60) -> None:
-    wait_until(
-        lambda: world.status().get("lastAppliedRevision") == commit,
-        timeout=timeout,
-        what=f"{commit[:12]} applied",
-    )
 
 
 def deployed(world: World, files: dict[str, str] | None = None, **spec: str) -> str:

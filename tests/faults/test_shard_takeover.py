@@ -29,8 +29,9 @@ from gitward.api import resources
 from gitward.kube.leases import Record
 from gitward.shards import Shard
 from support.gitservers import free_port
+from support.kube import read_lease
 from support.metrics import reconcile_count, wait_for_reconciles
-from support.operator import OperatorProcess, World
+from support.operator import OperatorProcess, World, applied
 from support.pipeline import configmap
 from support.waiting import wait_until
 
@@ -80,27 +81,13 @@ def audits_of(process: OperatorProcess, world: World) -> int:
 
 
 def lease(admin: client.ApiClient, namespace: str, name: str) -> Record | None:
-    try:
-        body = client.CoordinationV1Api(admin).read_namespaced_lease(name, namespace)
-    except client.ApiException as error:
-        if error.status == 404:
-            return None
-        raise
-    return Record.of(admin.sanitize_for_serialization(body))
+    return read_lease(admin, namespace, name)
 
 
 def push(world: World, value: str) -> str:
     commit = world.work.commit({"deploy/config.yaml": configmap("settings", v=value)}, sign=world.signer)
     world.work.push()
     return commit
-
-
-def applied(world: World, commit: str, timeout: float = 60) -> None:
-    wait_until(
-        lambda: world.status().get("lastAppliedRevision") == commit,
-        timeout=timeout,
-        what=f"{world.namespace}/web at {commit[:12]}",
-    )
 
 
 def commits_on_record(world: World) -> list[tuple[str, str]]:

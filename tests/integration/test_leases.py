@@ -23,6 +23,7 @@ from kubernetes import client
 
 from gitward.kube import clients
 from gitward.kube.leases import LOST_EXIT_CODE, LeaderElector, Record, Timing
+from support.kube import read_lease
 from support.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -30,13 +31,7 @@ FAST = Timing(lease_duration=3, renew_deadline=2, retry_period=0.5)
 
 
 def lease(admin: client.ApiClient, namespace: str, name: str = "gitward-shard-t") -> Record | None:
-    try:
-        body = client.CoordinationV1Api(admin).read_namespaced_lease(name, namespace)
-    except client.ApiException as error:
-        if error.status == 404:
-            return None
-        raise
-    return Record.of(admin.sanitize_for_serialization(body))
+    return read_lease(admin, namespace, name)
 
 
 class Electors:

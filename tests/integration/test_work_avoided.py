@@ -19,6 +19,7 @@ from gitward.api.conditions import Reason
 from gitward.api.refs import ObjectRef
 from gitward.api.resources import ChangeAction, Trigger
 from gitward.apply.waiting import WatchedHealth
+from gitward.errors import GitwardError
 from gitward.history import store
 from gitward.history.records import Attempt, Outcome, chain_breaks, last_applied
 from gitward.kube import clients
@@ -170,3 +171,20 @@ def test_an_apps_records_are_listed_once_and_the_chain_stays_whole(admin, namesp
     objects.paths.clear()
     history.records(objects, namespace, "web", "uid-2")
     assert sum(n for (method, _), n in objects.paths.items() if method == "GET") == 1
+
+
+def test_a_fence_broken_by_hand_is_written_again_after_the_dry_run_fails(harness):
+    """The fence memo is not trusted past a failure: a Role deleted by an admin comes back."""
+    fences: dict[str, str] = {}
+    harness.push({"deploy/a.yaml": configmap("a", v="1")})
+    harness.deploy(fences=fences)
+    role = ObjectRef("rbac.authorization.k8s.io", "v1", "Role", harness.namespace, "gitward-tenant")
+    assert harness.operator.delete(role)
+    harness.push({"deploy/a.yaml": configmap("a", v="2")})
+    with pytest.raises(GitwardError) as refused:
+        harness.deploy(fences=fences)  # the tenant may do nothing now, and the memo said "written"
+    assert refused.value.reason is Reason.APPLY_FORBIDDEN
+    assert harness.namespace not in fences
+    deployed = harness.deploy(fences=fences)
+    assert {c.ref.name: c.action for c in deployed.result.changes} == {"a": ChangeAction.UPDATED}
+    assert harness.operator.get(role) is not None

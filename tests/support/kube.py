@@ -15,6 +15,7 @@ from pathlib import Path
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from gitward.kube.leases import Record
 from support.paths import CLUSTER
 
 
@@ -52,3 +53,14 @@ def benchmark_cluster() -> Iterator[str]:
             yield str(Path(state) / "admin.kubeconfig")
         finally:
             subprocess.run([*cli, "down", "--state-dir", state], check=False, capture_output=True)
+
+
+def read_lease(admin: client.ApiClient, namespace: str, name: str) -> Record | None:
+    """A Lease as gitward's elector reads it, or None if there is none."""
+    try:
+        body = client.CoordinationV1Api(admin).read_namespaced_lease(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return Record.of(admin.sanitize_for_serialization(body))

@@ -29,6 +29,7 @@ from gitward.webhook import route_path, route_token
 from support.gitservers import HttpsGitServer, free_port
 from support.signing import SshIdentity, WorkRepo
 from support.toolpaths import kubectl_binary
+from support.waiting import wait_until
 
 
 class OperatorProcess:
@@ -260,3 +261,12 @@ class World:
 def push_payload(world: World, commit: str) -> bytes:
     """A GitHub-style push event: only "look now"; gitward never trusts its content."""
     return json.dumps({"ref": "refs/heads/main", "after": commit, "repository": {"name": world.id}}).encode()
+
+
+def applied(world: World, commit: str, timeout: float = 60, name: str = "web") -> None:
+    """Wait until the app's status says ``commit`` is applied."""
+    wait_until(
+        lambda: world.status(name).get("lastAppliedRevision") == commit,
+        timeout=timeout,
+        what=f"{world.namespace}/{name} at {commit[:12]}",
+    )

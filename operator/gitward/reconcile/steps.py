@@ -32,6 +32,7 @@ from dataclasses import replace
 from gitward.api.resources import VerifyMode
 from gitward.apply.inventory import PruneGuard, owner_of
 from gitward.apply.run import Applier, PollingHealth, unhealthy, workloads
+from gitward.errors import GitwardError
 from gitward.fence.baseline import TENANT_SERVICE_ACCOUNT
 from gitward.fence.ensure import ensure_namespace
 from gitward.policy import foreign
@@ -180,7 +181,14 @@ def dry_run(run: Run) -> None:
     guard_spec = resolved.spec.prune_guard
     guard = PruneGuard(allow_empty=guard_spec.allow_empty, max_share=guard_spec.max_share_percent / 100)
     previous = run.previous_inventory if resolved.spec.prune else ()
-    run.plan = applier(run).dry_run(run.placed, previous=previous, guard=guard)
+    try:
+        run.plan = applier(run).dry_run(run.placed, previous=previous, guard=guard)
+    except GitwardError:
+        # The fence is remembered as written; if the dry-run fails (a namespace deleted by hand,
+        # a Role changed by an admin), the next attempt writes it again rather than trusting that.
+        if run.services.fences is not None:
+            run.services.fences.pop(namespace, None)
+        raise
 
 
 def apply(run: Run) -> None:
