@@ -142,8 +142,19 @@ def test_an_apps_records_are_listed_once_and_the_chain_stays_whole(admin, namesp
     """The history cache: one LIST per app per process, the same chain, trimming and baseline as without it."""
     objects = CountingObjects(admin)
     history = store.History()
+    # Records are owned by their app: without a real one, the garbage collector would delete them.
+    app = objects.create(
+        {
+            "apiVersion": "gitward.dev/v1alpha1",
+            "kind": "GitOpsApp",
+            "metadata": {"name": "web", "namespace": namespace},
+            "spec": {"tenant": "t", "source": {"url": "https://git.example/r.git", "branch": "main"}},
+        }
+    )
+    assert app is not None
+    uid = app["metadata"]["uid"]
 
-    def attempt(commit: str, uid: str = "uid-1", started: str = "2026-11-25T10:00:00Z") -> Attempt:
+    def attempt(commit: str, started: str = "2026-11-25T10:00:00Z") -> Attempt:
         return Attempt(
             app_namespace=namespace, app_name="web", app_uid=uid, tenant="t", commit=commit,
             trigger=Trigger.POLL, outcome=Outcome.APPLIED, reason=Reason.SUCCEEDED, message="ok",
@@ -164,12 +175,12 @@ def test_an_apps_records_are_listed_once_and_the_chain_stays_whole(admin, namesp
     live = store.list_records(objects, namespace, "web")
     assert [r["spec"]["commit"] for r in live] == commits[-3:]  # trimmed to the limit, as without the cache
     assert chain_breaks(live) == []
-    cached = history.records(objects, namespace, "web", "uid-1")
+    cached = history.records(objects, namespace, "web", uid)
     assert [r["metadata"]["name"] for r in cached] == [r["metadata"]["name"] for r in live]
     assert last_applied(cached) == last_applied(live) == commits[-1]
     # A new app of the same name (another uid) does not inherit what the cache knew.
     objects.paths.clear()
-    history.records(objects, namespace, "web", "uid-2")
+    history.records(objects, namespace, "web", "another-uid")
     assert sum(n for (method, _), n in objects.paths.items() if method == "GET") == 1
 
 
