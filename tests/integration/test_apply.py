@@ -271,6 +271,25 @@ def test_pruning_and_the_empty_source_guard(harness):
     assert emptied.result.inventory == ()
 
 
+def test_a_commit_that_deletes_the_source_path_is_empty_source_and_guarded(harness):
+    """Deleting the whole manifest directory is EmptySource, naming the path; allowEmpty prunes it all."""
+    harness.push({f"deploy/{n}.yaml": configmap(n) for n in "ab"})
+    harness.deploy(wait=False)
+    harness.push({"README.md": "moved away"}, remove=("deploy",))
+    before = snapshot(harness.operator, harness.namespace)
+    with pytest.raises(GitwardError) as refused:
+        harness.deploy(wait=False)
+    assert refused.value.reason is Reason.EMPTY_SOURCE
+    assert "source.path 'deploy' does not exist in this commit" in refused.value.message
+    assert "would delete all 2" in refused.value.message
+    assert snapshot(harness.operator, harness.namespace) == before
+
+    harness.app_spec["pruneGuard"] = {"allowEmpty": True}
+    emptied = harness.deploy(wait=False)
+    assert sorted(c.ref.name for c in emptied.result.changes if c.action is ChangeAction.PRUNED) == ["a", "b"]
+    assert emptied.run.notes[0] == "source.path 'deploy' does not exist in this commit: it has no objects"
+
+
 def test_the_fence_is_in_place_and_idempotent(harness, admin):
     """PSA labels, default-deny with DNS, quota, limit range, tenant SA/Role/Binding; a second ensure changes nothing."""
     harness.push(GOOD)

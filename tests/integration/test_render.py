@@ -125,6 +125,19 @@ def test_a_source_path_outside_the_repository_is_path_escape(work, path):
     assert refused(work, path).reason is Reason.PATH_ESCAPE
 
 
+@pytest.mark.parametrize("path", ["deploy", "gone/deeper", "."])
+def test_a_source_path_the_commit_does_not_have_renders_nothing_and_says_so(work, path):
+    """A vanished source.path is the empty-source case (the prune guard decides), not an escape."""
+    work.commit({"other/a.yaml": CONFIGMAP.format(name="a")})
+    rendered = render(work, path)
+    if path == ".":  # the repository root always exists
+        assert rendered.missing == ""
+        assert [m.name for m in rendered.manifests] == ["a"]
+        return
+    assert rendered.manifests == ()
+    assert rendered.missing == path
+
+
 def test_kustomize_resources_outside_the_repository_are_path_escape(work):
     """A kustomization reaching above the repository root is refused before kustomize reads the disk."""
     work.commit({"deploy/kustomization.yaml": "resources: [../../../../../etc/kubernetes]\n"})

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
+from gitward.api.conditions import Reason
 from gitward.api.resources import VerifyMode
 from gitward.apply.inventory import PruneGuard, owner_of
 from gitward.apply.run import Applier, PollingHealth, unhealthy, workloads
@@ -154,8 +155,13 @@ def policy(run: Run) -> None:
     if run.rendered is None:
         raise RuntimeError("the render step has not run")
     sorted_out = foreign.sort_out(run.rendered.manifests, tenant_namespaces=resolved.tenant.namespaces)
-    run.notes = sorted_out.notes
+    run.notes = (*_missing_path_note(run), *sorted_out.notes)
     run.placed = check(sorted_out.kept, tenant=resolved.tenant, namespace=resolved.source.target_namespace)
+
+
+def _missing_path_note(run: Run) -> tuple[str, ...]:
+    missing = run.rendered.missing if run.rendered is not None else ""
+    return (f"source.path {missing!r} does not exist in this commit: it has no objects",) if missing else ()
 
 
 def applier(run: Run) -> Applier:
@@ -183,10 +189,13 @@ def dry_run(run: Run) -> None:
     previous = run.previous_inventory if resolved.spec.prune else ()
     try:
         run.plan = applier(run).dry_run(run.placed, previous=previous, guard=guard)
-    except GitwardError:
-        # The fence is remembered as written; if the dry-run fails (a namespace deleted by hand,
-        # a Role changed by an admin), the next attempt writes it again rather than trusting that.
-        if run.services.fences is not None:
+    except GitwardError as error:
+        if error.reason is Reason.EMPTY_SOURCE:  # the guard, before any request: says nothing of the fence
+            if _missing_path_note(run):
+                error.message = f"{_missing_path_note(run)[0]}; {error.message}"
+        elif run.services.fences is not None:
+            # The fence is remembered as written; if the dry-run fails (a namespace deleted by hand,
+            # a Role changed by an admin), the next attempt writes it again rather than trusting that.
             run.services.fences.pop(namespace, None)
         raise
 

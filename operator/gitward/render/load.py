@@ -35,6 +35,9 @@ class Rendered:
     digest: str
     files: int
     kustomized: bool
+    # source.path as asked for, when the commit has no such path: nothing to render, which is the
+    # empty-source case (the prune guard decides), not an escape.
+    missing: str = ""
 
 
 def _objects(value: object, *, file: str, index: int) -> list[Manifest]:
@@ -113,6 +116,8 @@ def load(
         return blob_cache[entry.oid].decode(errors="replace")
 
     root = tree.resolve(root, read_link)
+    if not tree.exists(root):
+        return Rendered(manifests=(), digest=digest([]), files=0, kustomized=False, missing=path)
     kustomization = kustomize.kustomization_in(tree, root)
     if kustomization is not None:
         files = tree.files_under("", read_link)

@@ -97,6 +97,10 @@ class Tree:
             f"{path} goes through more than {self.limits.max_symlink_hops} symlinks",
         )
 
+    def exists(self, path: str) -> bool:
+        """Whether ``path`` (resolved, in bounds) names the root, a directory or an entry of the tree."""
+        return not path or path in self.directories or path in self.entries
+
     def files_under(self, directory: str, read_link: Callable[[TreeEntry], str]) -> list[FileView]:
         """Every file under ``directory`` (recursively, sorted), symlinks resolved in bounds."""
         root = self.resolve(directory, read_link)
