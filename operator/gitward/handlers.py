@@ -13,7 +13,7 @@ The operator owns its threads: reconciles run in one named pool
 (``--reconcile-workers``), and each tenant may hold at most
 ``--tenant-concurrency`` of them at once, so one tenant's slow git server or
 hostile repository waits for its own slots and never takes another
-tenant's; the webhook's lookups have a small pool of their own; asyncio's
+tenant's; /metrics token reviews have a small pool of their own; asyncio's
 default pool (used by kopf for synchronous handlers) is sized and named
 here too rather than left to the library default. Nothing a reconcile
 raises can end its daemon: it becomes a condition and a backoff.
@@ -55,7 +55,6 @@ from gitward.sharing import SharedResults
 from gitward.source import git, urls
 from gitward.source.shared import SharedSources
 
-FINALIZER = shards.DEFAULT_FINALIZER  # the unsharded instance's; each shard has its own
 REQUEST_ANNOTATION = "gitward.dev/reconcile-requested-at"
 GROUP, VERSION, PLURAL = resources.GROUP, resources.VERSION, resources.APP.plural
 _T = TypeVar("_T")
@@ -116,7 +115,7 @@ class Pools:
             return await loop.run_in_executor(self.reconcile, call)
 
     async def lookup(self, call: Callable[[], _T]) -> _T:
-        """Run a webhook lookup in its own small pool."""
+        """Run a /metrics token review in its own small pool (webhook routes are looked up in memory)."""
         return await asyncio.get_running_loop().run_in_executor(self.webhook, call)
 
     def shutdown(self) -> None:
@@ -182,7 +181,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # cheap tasks here: more of them (Config.worker_limit) and idle ones leave at once.
     settings.batching.worker_limit = config.worker_limit
     settings.batching.idle_timeout = 0.5
-    settings.batching.batch_window = 0.1
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10

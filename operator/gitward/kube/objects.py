@@ -283,23 +283,17 @@ class Objects:
         self, api_version: str, kind: str, namespace: str | None, *, label_selector: str | None = None
     ) -> list[dict[str, Any]]:
         """Every object of a kind in a namespace (or the cluster, with ``namespace=None``)."""
-        resource = self.resource(api_version, kind)
-        query = [("labelSelector", label_selector)] if label_selector else []
-        listing = self._call("GET", resource.path(namespace=namespace), query=query)
-        items: list[dict[str, Any]] = listing.get("items", [])
-        for item in items:  # list items carry no apiVersion/kind of their own
-            item.setdefault("apiVersion", api_version)
-            item.setdefault("kind", kind)
-        return items
+        return self.list_at(api_version, kind, namespace, label_selector=label_selector)[0]
 
     def list_at(
-        self, api_version: str, kind: str, namespace: str | None
+        self, api_version: str, kind: str, namespace: str | None, *, label_selector: str | None = None
     ) -> tuple[builtins.list[dict[str, Any]], str]:
         """Every object of a kind in a namespace, and the list's resourceVersion to watch from."""
         resource = self.resource(api_version, kind)
-        listing = self._call("GET", resource.path(namespace=namespace))
+        query = [("labelSelector", label_selector)] if label_selector else []
+        listing = self._call("GET", resource.path(namespace=namespace), query=query)
         items: builtins.list[dict[str, Any]] = listing.get("items", [])
-        for item in items:
+        for item in items:  # list items carry no apiVersion/kind of their own
             item.setdefault("apiVersion", api_version)
             item.setdefault("kind", kind)
         return items, str((listing.get("metadata") or {}).get("resourceVersion") or "")

@@ -33,7 +33,7 @@ from gitward.api.conditions import (
 from gitward.api.refs import ObjectRef
 from gitward.api.resources import Trigger
 from gitward.apply.health import HealthStatus
-from gitward.apply.run import PollingHealth, workloads
+from gitward.apply.run import workloads
 from gitward.errors import GitwardError, Stalled, Waiting
 from gitward.history import store
 from gitward.history.records import Attempt
@@ -80,9 +80,7 @@ def reconcile_app(
 ) -> Outcome:
     """Reconcile one GitOpsApp: decide, deploy or roll back, then record and write status once."""
     result = begin(app, services, trigger=trigger, force=force)
-    while isinstance(result, Parked):
-        waiter = services.health or PollingHealth(services.operator)
-        result = resume(result, waiter.wait(result.targets, timeout=result.timeout))
+    assert isinstance(result, Outcome)  # noqa: S101 - not parked: the health step waited itself
     return result
 
 
@@ -101,8 +99,15 @@ def begin(
     ``status_extra`` are status fields the caller owns (the webhook route), written with the
     attempt's own status write, or alone if the attempt writes none and they changed.
     """
-    run = Run(app=app, services=services, trigger=trigger, force=force, fresher_than=fresher_than, park=park)
-    run.status_extra = dict(status_extra or {})
+    run = Run(
+        app=app,
+        services=services,
+        trigger=trigger,
+        force=force,
+        fresher_than=fresher_than,
+        park=park,
+        status_extra=dict(status_extra or {}),
+    )
     if run.spec.get("suspend"):
         return _done(run, _suspended(run))
     return _done(run, _guarded(run, lambda: _attempt(run)))
