@@ -23,3 +23,14 @@ KUBE_REQUESTS = Counter(
     "Requests gitward's own Kubernetes clients made (kopf's watches and patches not included), by verb.",
     ["verb"],
 )
+DRIFT = Counter(
+    "gitward_drift_total",
+    "Objects found drifted from the applied revision, by app and by what gitward did (corrected or reported).",
+    ["namespace", "app", "action"],
+)
+DRIFT_CHECKS = Counter(
+    "gitward_drift_checks_total",
+    "Drift checks by how they were answered: from the watch summaries (fast) or by a dry-run of the "
+    "applied revision (full).",
+    ["kind"],
+)

@@ -21,6 +21,9 @@ class ConditionType(enum.StrEnum):
     VALIDATED = "Validated"
     APPLIED = "Applied"
     HEALTHY = "Healthy"
+    DRIFTED = "Drifted"  # not a step: whether the cluster still matches the applied revision
+
+
 
 
 STEP_CONDITIONS: tuple[ConditionType, ...] = (
@@ -41,7 +44,8 @@ class Reason(enum.StrEnum):
     SOURCE_NOT_ALLOWED = "SourceNotAllowed"
     BRANCH_NOT_ALLOWED = "BranchNotAllowed"
     INVALID_URL = "InvalidURL"
-    FETCH_FAILED = "FetchFailed"  # transient: the server, the network or the credentials
+    FETCH_FAILED = "FetchFailed"  # transient: the server refused (credentials, host key, missing branch)
+    SOURCE_UNAVAILABLE = "SourceUnavailable"  # the git server did not answer, or timed out: retried
     SOURCE_TOO_LARGE = "SourceTooLarge"  # a fetch, object or tree over the tenant's budget
     SOURCE_REJECTED = "SourceRejected"  # git's integrity checks refused what the server sent
     # Trust
@@ -70,11 +74,16 @@ class Reason(enum.StrEnum):
     DRY_RUN_FAILED = "DryRunFailed"
     APPLY_FORBIDDEN = "ApplyForbidden"
     OWNERSHIP_CONFLICT = "OwnershipConflict"
+    FIELD_CONFLICT = "FieldConflict"  # a field another field manager owns; spec.force takes it over
     EMPTY_SOURCE = "EmptySource"
     HEALTH_TIMEOUT = "HealthTimeout"
     ROLLED_BACK = "RolledBack"
     ROLLBACK_NOT_ALLOWED = "RollbackNotAllowed"  # rollbackTo names a commit with no successful record
     SUSPENDED = "Suspended"
+    # Drift: the live objects no longer match the revision gitward applied
+    DRIFTED = "Drifted"
+    DRIFT_CORRECTED = "DriftCorrected"
+    IN_SYNC = "InSync"
     # The operator's own surroundings
     API_UNAVAILABLE = "APIUnavailable"  # the Kubernetes API did not answer, or answered 429/5xx: retried
     # Anything the pipeline did not foresee: reported, never allowed to kill the app's daemon

@@ -77,6 +77,14 @@ class Trigger(enum.StrEnum):
     WEBHOOK = "webhook"
     ROLLBACK = "rollback"
     AUTO_ROLLBACK = "auto-rollback"
+    DRIFT = "drift"
+
+
+class DriftPolicy(enum.StrEnum):
+    """What gitward does when live objects no longer match the revision it applied."""
+
+    CORRECT = "correct"  # re-apply the last verified revision, record it
+    REPORT = "report"  # record it and set the Drifted condition; change nothing
 
 
 class ChangeAction(enum.StrEnum):
@@ -189,6 +197,8 @@ class AppSpec:
     health_timeout_seconds: float = 300.0
     auto_rollback: bool = True
     rollback_to: str = ""
+    drift_policy: DriftPolicy = DriftPolicy.CORRECT
+    force: bool = False  # take over fields another field manager owns (else FieldConflict)
 
 
 def _mapping(value: object, where: str) -> Mapping[str, Any]:
@@ -331,4 +341,6 @@ def parse_app_spec(spec: Mapping[str, Any]) -> AppSpec:
         health_timeout_seconds=parse_duration(str(spec.get("healthTimeout") or "5m")),
         auto_rollback=bool(spec.get("autoRollback", True)),
         rollback_to=str(spec.get("rollbackTo") or ""),
+        drift_policy=_enum(DriftPolicy, spec.get("driftPolicy"), DriftPolicy.CORRECT, "spec.driftPolicy"),
+        force=bool(spec.get("force", False)),
     )

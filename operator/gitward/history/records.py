@@ -34,6 +34,7 @@ class Outcome(enum.StrEnum):
     REFUSED = "Refused"
     FAILED = "Failed"
     ROLLED_BACK = "RolledBack"
+    DRIFTED = "Drifted"  # drift found and reported (driftPolicy: report); nothing was changed
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,7 @@ _STEP_OF: Mapping[Reason, ConditionType] = {
             Reason.BRANCH_NOT_ALLOWED,
             Reason.INVALID_URL,
             Reason.FETCH_FAILED,
+            Reason.SOURCE_UNAVAILABLE,
             Reason.SOURCE_TOO_LARGE,
             Reason.SOURCE_REJECTED,
             Reason.UNSIGNED_COMMIT,
@@ -82,11 +83,16 @@ def step_of(reason: Reason) -> ConditionType:
 
 
 def conditions_for_failure(reason: Reason, message: str, generation: int) -> list[Condition]:
-    """Steps before the failing one succeeded; the failing one is False with the reason."""
+    """Steps before the failing one succeeded; the failing one is False with the reason.
+
+    An API server that did not answer says nothing about the app: its step is ``Unknown``, and so
+    ``Ready`` (the state of the cluster could not be read, not found wrong).
+    """
     failing = step_of(reason)
     before = list(STEP_CONDITIONS)[: list(STEP_CONDITIONS).index(failing)]
     conditions = [Condition(t, Status.TRUE, Reason.SUCCEEDED, "", generation) for t in before]
-    conditions.append(Condition(failing, Status.FALSE, reason, message, generation))
+    status = Status.UNKNOWN if reason is Reason.API_UNAVAILABLE else Status.FALSE
+    conditions.append(Condition(failing, status, reason, message, generation))
     return conditions
 
 
