@@ -40,8 +40,10 @@ from gitward.api import budgets, resources
 from gitward.api.conditions import ConditionType, Reason
 from gitward.api.refs import ObjectRef
 from gitward.api.resources import Trigger, parse_duration
+from gitward.apply.expected import Expectations
 from gitward.apply.waiting import WatchedHealth
 from gitward.errors import GitwardError, Stalled, Waiting
+from gitward.fence.baseline import TENANT_SERVICE_ACCOUNT
 from gitward.history.store import History
 from gitward.kube import clients
 from gitward.kube.cached import CachedReader
@@ -199,6 +201,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
     memo.operator = operator
     memo.as_tenant = as_tenant
+    loop = asyncio.get_running_loop()
+
+    def drifting(namespace: str, name: str) -> None:
+        # From a watch thread: an object the app applied changed, so the app checks for drift now.
+        loop.call_soon_threadsafe(wake, memo, namespace, name, Trigger.POLL)
+
     memo.wakeups = {}
     memo.routes = webhook.Routes()
     fetch_options = git.FetchOptions(cache_root=Path(config.cache_dir), timeout=config.git_timeout)
@@ -218,6 +226,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         health=WatchedHealth(operator),
         fences={},
         history=History(),
+        expectations=Expectations(
+            lambda namespace: as_tenant(namespace, TENANT_SERVICE_ACCOUNT), changed=drifting
+        ),
     )
 
     access = MetricsAccess(operator.api) if config.metrics_auth else None
@@ -251,6 +262,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         services.reader.close()
     if services is not None and isinstance(services.health, WatchedHealth):
         services.health.close()
+    if services is not None and services.expectations is not None:
+        services.expectations.close()
 
 
 def webhook_route(body: Mapping[str, Any], services: Services) -> tuple[bytes, str, str] | None:

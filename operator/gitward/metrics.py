@@ -25,7 +25,7 @@ KUBE_REQUESTS = Counter(
 )
 DRIFT = Counter(
     "gitward_drift_total",
-    "Objects found drifted from the applied revision, by app and by what gitward did (corrected or reported).",
+    "Objects found drifted from the applied revision, by app and by what was done (corrected or reported).",
     ["namespace", "app", "action"],
 )
 DRIFT_CHECKS = Counter(

@@ -24,8 +24,6 @@ class ConditionType(enum.StrEnum):
     DRIFTED = "Drifted"  # not a step: whether the cluster still matches the applied revision
 
 
-
-
 STEP_CONDITIONS: tuple[ConditionType, ...] = (
     ConditionType.SOURCE_VERIFIED,
     ConditionType.VALIDATED,

@@ -36,7 +36,7 @@ from typing import Any, Protocol, TypeVar
 from gitward.api.conditions import Reason
 from gitward.api.refs import ObjectRef
 from gitward.api.resources import ChangeAction
-from gitward.apply import health, order
+from gitward.apply import drift, health, order
 from gitward.apply.inventory import MANAGED_LABEL, OWNER_ANNOTATION, PruneGuard, check_guard, to_prune
 from gitward.errors import GitwardError, Stalled, Waiting
 from gitward.kube.objects import APIError, Objects, classify
@@ -76,10 +76,11 @@ class Plan:
     prune: tuple[ObjectRef, ...]
     origins: Mapping[ObjectRef, str] = field(default_factory=dict)
     would: Mapping[ObjectRef, Mapping[str, Any]] = field(default_factory=dict)  # the dry-run's answers
+    leave: frozenset[ObjectRef] = frozenset()  # kept in the inventory, not written (drift left alone)
 
     def action_of(self, body: Mapping[str, Any]) -> str:
         """``create``, ``update`` or ``unchanged``: what applying ``body`` would do, from the dry-run."""
-        key = _key(ObjectRef.of(body))
+        key = identity(ObjectRef.of(body))
         live = self.existing.get(key)
         if live is None:
             return "create"
@@ -100,9 +101,13 @@ class ApplyResult:
     # The generation each object has after the apply: its health counts only once its controller
     # has observed at least that one (a cached status from before the apply says nothing).
     generations: Mapping[ObjectRef, int] = field(default_factory=dict)
+    # What gitward's field manager owns of each object after the apply: drift is a change of it.
+    fingerprints: Mapping[ObjectRef, drift.Fingerprint] = field(default_factory=dict)
+    left: frozenset[ObjectRef] = frozenset()  # objects the user keeps (gitward.dev/reconcile: disabled)
 
 
-def _key(ref: ObjectRef) -> ObjectRef:
+def identity(ref: ObjectRef) -> ObjectRef:
+    """An object's identity whatever the version it is served at (the key of a plan's maps)."""
     return ObjectRef(ref.group, "", ref.kind, ref.namespace, ref.name)
 
 
@@ -142,10 +147,13 @@ def _requests_pool(workers: int) -> ThreadPoolExecutor:
 class Applier:
     """Applies one app's objects through a tenant-impersonating client."""
 
-    def __init__(self, objects: Objects, *, owner: str, workers: int = 8) -> None:
+    def __init__(self, objects: Objects, *, owner: str, workers: int = 8, force: bool = False) -> None:
         self.objects = objects
         self.owner = owner
         self.workers = workers
+        # Whether fields another field manager owns are taken over (spec.force; a drift correction
+        # takes back what gitward had applied). Without it the API server's conflict is FieldConflict.
+        self.force = force
 
     def _parallel(self, items: Sequence[T], action: Callable[[T], R]) -> list[tuple[T, R | GitwardError]]:
         def attempt(item: T) -> tuple[T, R | GitwardError]:
@@ -175,7 +183,7 @@ class Applier:
                     error, ref=ObjectRef(*_split(api_version), kind, namespace, "*"), dry_run=True
                 ) from None
             for item in items:
-                found[_key(ObjectRef.of(item))] = item
+                found[identity(ObjectRef.of(item))] = item
 
         def get(ref: ObjectRef) -> Mapping[str, Any] | None:
             try:
@@ -187,7 +195,7 @@ class Applier:
             if isinstance(live, GitwardError):
                 raise live
             if live is not None:
-                found[_key(ref)] = live
+                found[identity(ref)] = live
         return found
 
     def _owner_problem(self, ref: ObjectRef, live: Mapping[str, Any] | None) -> GitwardError | None:
@@ -211,25 +219,34 @@ class Applier:
         """Check everything the commit would do, writing nothing; raise listing every failure."""
         bodies = [labelled(m, self.owner) for m in manifests]
         refs = [ObjectRef.of(body) for body in bodies]
-        origins = {_key(ref): m.origin for ref, m in zip(refs, manifests, strict=True)}
+        origins = {identity(ref): m.origin for ref, m in zip(refs, manifests, strict=True)}
         check_guard(previous, refs, guard or PruneGuard())
         pruned = to_prune(previous, refs)
         existing = self._existing([*refs, *pruned])
+        # Fields the user told gitward to leave alone keep their live values on an object that exists.
+        bodies = [
+            drift.keep_live(body, live)
+            if (live := existing.get(identity(ref))) is not None and drift.ignored_fields(body, live)
+            else body
+            for body, ref in zip(bodies, refs, strict=True)
+        ]
         failures: list[GitwardError] = [
-            problem for ref in refs if (problem := self._owner_problem(ref, existing.get(_key(ref))))
+            problem for ref in refs if (problem := self._owner_problem(ref, existing.get(identity(ref))))
         ]
         prunable = []
         for ref in pruned:
-            live = existing.get(_key(ref))
+            live = existing.get(identity(ref))
             if live is not None and self._owner_problem(ref, live) is None:
                 prunable.append(ref)
 
         def try_apply(body: Mapping[str, Any]) -> Mapping[str, Any]:
             ref = ObjectRef.of(body)
             try:
-                return self.objects.apply(body, field_manager=FIELD_MANAGER, dry_run=True)
+                return self.objects.apply(body, field_manager=FIELD_MANAGER, dry_run=True, force=self.force)
             except APIError as error:
-                raise _with_origin(classify(error, ref=ref, dry_run=True), origins.get(_key(ref))) from None
+                raise _with_origin(
+                    classify(error, ref=ref, dry_run=True), origins.get(identity(ref))
+                ) from None
 
         def try_delete(ref: ObjectRef) -> None:
             try:
@@ -239,7 +256,7 @@ class Applier:
 
         applied = self._parallel(bodies, try_apply)
         failures.extend(r for _, r in applied if isinstance(r, GitwardError))
-        would = {_key(ObjectRef.of(body)): r for body, r in applied if not isinstance(r, GitwardError)}
+        would = {identity(ObjectRef.of(body)): r for body, r in applied if not isinstance(r, GitwardError)}
         failures.extend(r for _, r in self._parallel(prunable, try_delete) if isinstance(r, GitwardError))
         if failures:
             failures.sort(key=lambda f: f.reason != Reason.APPLY_FORBIDDEN)
@@ -257,19 +274,27 @@ class Applier:
         changes: list[Change] = []
 
         generations: dict[ObjectRef, int] = {}
+        fingerprints: dict[ObjectRef, drift.Fingerprint] = {}
 
         def write(ref: ObjectRef) -> Change:
-            before = plan.existing.get(_key(ref))
-            if before is not None and _settled(before, plan.would.get(_key(ref))):
+            before = plan.existing.get(identity(ref))
+            if identity(ref) in plan.leave:
+                if before is not None:
+                    generations[ref] = _generation(before)
+                    fingerprints[ref] = drift.fingerprint(before)
+                return Change(ref, ChangeAction.UNCHANGED)  # the user's: not written, whatever it is
+            if before is not None and _settled(before, plan.would.get(identity(ref))):
                 generations[ref] = _generation(before)
+                fingerprints[ref] = drift.fingerprint(before)
                 return Change(ref, ChangeAction.UNCHANGED)  # nothing to write: no request at all
             try:
-                stored = self.objects.apply(by_ref[ref], field_manager=FIELD_MANAGER)
+                stored = self.objects.apply(by_ref[ref], field_manager=FIELD_MANAGER, force=self.force)
             except APIError as error:
                 raise _with_origin(
-                    classify(error, ref=ref, dry_run=False), plan.origins.get(_key(ref))
+                    classify(error, ref=ref, dry_run=False), plan.origins.get(identity(ref))
                 ) from None
             generations[ref] = _generation(stored)
+            fingerprints[ref] = drift.fingerprint(stored)
             if before is None:
                 return Change(ref, ChangeAction.CREATED)
             old_version = (before.get("metadata") or {}).get("resourceVersion")
@@ -283,7 +308,13 @@ class Applier:
                 raise _summarize(failures, "failed to apply")
             changes.extend(r for _, r in results if isinstance(r, Change))
         changes.extend(self.prune(plan.prune))
-        return ApplyResult(changes=tuple(changes), inventory=plan.inventory, generations=generations)
+        return ApplyResult(
+            changes=tuple(changes),
+            inventory=plan.inventory,
+            generations=generations,
+            fingerprints=fingerprints,
+            left=plan.leave,
+        )
 
     def prune_owned(self, refs: Sequence[ObjectRef]) -> list[Change]:
         """Delete those of ``refs`` that exist and belong to this app (an app being deleted); nothing else."""
@@ -291,7 +322,7 @@ class Applier:
         owned = [
             ref
             for ref in refs
-            if (live := existing.get(_key(ref))) is not None and self._owner_problem(ref, live) is None
+            if (live := existing.get(identity(ref))) is not None and self._owner_problem(ref, live) is None
         ]
         return self.prune(owned)
 
@@ -380,7 +411,7 @@ def workloads(result: ApplyResult) -> dict[ObjectRef, int]:
     return {
         ref: result.generations.get(ref, 0)
         for ref in result.inventory
-        if health.needs_waiting(ref.group, ref.kind)
+        if health.needs_waiting(ref.group, ref.kind) and identity(ref) not in result.left
     }
 
 

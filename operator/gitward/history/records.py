@@ -59,6 +59,7 @@ class Attempt:
     manifest_digest: str = ""
     changes: Sequence[Mapping[str, str]] = field(default_factory=tuple)
     notes: Sequence[str] = field(default_factory=tuple)  # what policy left out or ignored
+    drift: Sequence[Mapping[str, Any]] = field(default_factory=tuple)  # what had drifted (trigger drift)
 
     @property
     def key(self) -> str:
@@ -71,6 +72,8 @@ class Attempt:
                 str(self.trigger),
                 str(self.outcome),
                 str(self.reason),
+                # Drift is found again and again at one commit: each finding is its own attempt.
+                *([self.started_at] if self.trigger is Trigger.DRIFT else []),
             ]
         )
         return hashlib.sha256(material.encode()).hexdigest()[:10]
@@ -120,6 +123,8 @@ def revision_body(attempt: Attempt, *, sequence: int, previous_digest: str) -> d
     }
     if attempt.manifest_digest:
         spec["manifestDigest"] = attempt.manifest_digest
+    if attempt.drift:
+        spec["drift"] = [dict(d) for d in attempt.drift][:1000]
     if attempt.notes:
         spec["notes"] = [note[:1024] for note in attempt.notes][:100]
     return {

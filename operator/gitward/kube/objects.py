@@ -81,19 +81,29 @@ class APIError(Exception):
     inside this package: callers match on ``status`` and show ``message``.
     """
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, conflicts: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.message = message
+        # A server-side apply conflict: (field, the server's words on who owns it) per field, from
+        # the Status object's causes of type FieldManagerConflict.
+        self.conflicts = conflicts
 
     @classmethod
     def from_response(cls, status: int, body: bytes, reason: str | None) -> APIError:
         """Build from a raw response, preferring the Status object's message."""
+        conflicts: list[tuple[str, str]] = []
         try:
-            message = str(json.loads(body or b"{}").get("message") or reason or status)
+            answer = json.loads(body or b"{}")
+            message = str(answer.get("message") or reason or status)
+            conflicts.extend(
+                (str(cause.get("field") or ""), str(cause.get("message") or ""))
+                for cause in (answer.get("details") or {}).get("causes") or ()
+                if isinstance(cause, dict) and cause.get("type") == "FieldManagerConflict"
+            )
         except (TypeError, ValueError, AttributeError):
             message = body.decode(errors="replace") or str(reason)
-        return cls(status, truncate(message, 600))
+        return cls(status, truncate(message, 600), conflicts=tuple(conflicts[:20]))
 
 
 class InvalidPathSegment(APIError, ValueError):  # noqa: N818 - named for what it refuses, like Stalled
@@ -316,7 +326,10 @@ class Objects:
             method="GET",
             resource_path=resource.path(namespace=namespace),
             query_params=query,
-            header_params={"Accept": "application/json"},
+            header_params={
+                "Accept": "application/json",
+                **({IMPERSONATE_USER_HEADER: self.impersonate} if self.impersonate else {}),
+            },
             auth_settings=["BearerToken"],
         )
         try:
@@ -408,6 +421,13 @@ def classify(error: APIError, *, ref: ObjectRef, dry_run: bool) -> GitwardError:
     message = f"{ref}: {error.message}"
     if error.status == _FORBIDDEN:
         return Stalled(Reason.APPLY_FORBIDDEN, message)
+    if error.status == _CONFLICT and error.conflicts:
+        owners = "; ".join(f"{field} ({who})" for field, who in error.conflicts)
+        return Stalled(
+            Reason.FIELD_CONFLICT,
+            f"{ref}: fields owned by another field manager: {owners}; "
+            "set spec.force to take them over, or leave them to that manager",
+        )
     if error.status == _CONFLICT:
         return Stalled(Reason.OWNERSHIP_CONFLICT, message)
     del dry_run  # the same reason either way: the server refused the object as written

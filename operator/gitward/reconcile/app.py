@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gitward import metrics
 from gitward.api.conditions import (
     STEP_CONDITIONS,
     Condition,
@@ -31,9 +32,10 @@ from gitward.api.conditions import (
     summarize_ready,
 )
 from gitward.api.refs import ObjectRef
-from gitward.api.resources import Trigger
+from gitward.api.resources import DriftPolicy, Trigger
+from gitward.apply import drift
 from gitward.apply.health import HealthStatus
-from gitward.apply.run import workloads
+from gitward.apply.run import identity, workloads
 from gitward.errors import GitwardError, Stalled, Waiting
 from gitward.history import store
 from gitward.history.records import Attempt
@@ -165,6 +167,9 @@ def _attempt(run: Run) -> Finish | Parked:
         force=run.force,
     )
     if action in (Action.SKIP, Action.HOLD):
+        checked = _check_drift(run)
+        if checked is not None:
+            return checked
         reason = run.status.ready_reason or Reason.SUCCEEDED
         return Finish(Outcome(action, reason, ready=run.status.ready, commit=run.head))
     run_steps(run, start=Step.FETCH, stop_after=Step.FETCH)
@@ -199,14 +204,26 @@ def _roll_back(run: Run, target: str) -> Finish | Parked:
 
 
 def _deliver(
-    run: Run, *, trigger: Trigger, attempted: str, extra: Mapping[str, Any], success: str = ""
+    run: Run,
+    *,
+    trigger: Trigger,
+    attempted: str,
+    extra: Mapping[str, Any],
+    success: str = "",
+    judge: Callable[[Run], Finish | None] | None = None,
 ) -> Finish | Parked:
-    """Trust, render, policy, dry-run and apply ``run.target`` (or the head); then its health."""
+    """Trust, render, policy, dry-run and apply ``run.target`` (or the head); then its health.
+
+    ``judge`` sees the dry-run's plan before anything is written, and may end the attempt there.
+    """
     commit = run.target or run.head
     try:
         if not run.target:
             run.baseline = rollback.baseline(run)
-        run_steps(run, start=Step.TRUST, stop_after=Step.APPLY)
+        run_steps(run, start=Step.TRUST, stop_after=Step.DRY_RUN)
+        if judge is not None and (judged := judge(run)) is not None:
+            return judged
+        run_steps(run, start=Step.APPLY, stop_after=Step.APPLY)
     except Waiting as error:
         return _waiting(run, error)
     except Stalled as error:
@@ -239,6 +256,9 @@ def _after_apply(
     verified = run.verified
     rendered = run.rendered
     assert verified is not None and rendered is not None and run.result is not None  # noqa: S101, PT018
+    _remember(run, verified.commit)
+    if trigger is Trigger.DRIFT:
+        return _corrected(run)
     message = success or f"applied {verified.commit[:12]}, signed by {verified.signer.fingerprint}"
     if run.notes:
         shown = list(run.notes[:_NOTES_SHOWN])
@@ -274,6 +294,7 @@ def _unhealthy(run: Run, failure: Stalled, *, trigger: Trigger) -> Finish:
         "reason": failure.reason,
         "message": failure.message,
     }
+    _remember(run, failed)
     inventory = [ref.to_inventory() for ref in run.result.inventory]
     stuck = {"lastAppliedRevision": failed, "lastAttemptedRevision": failed, "inventory": inventory}
     healthy = rollback.healthy_target(run) if resolved.spec.auto_rollback else ""
@@ -297,6 +318,7 @@ def _unhealthy(run: Run, failure: Stalled, *, trigger: Trigger) -> Finish:
             records=[failed_record],
         )
     assert restored.rendered is not None and restored.result is not None  # noqa: S101, PT018
+    _remember(restored, healthy)
     message = f"{failed[:12]} failed its health check ({failure.message}); rolled back to {healthy[:12]}"
     rolled_back = _record_fields(restored, Trigger.AUTO_ROLLBACK) | {
         "outcome": RecordOutcome.ROLLED_BACK,
@@ -322,6 +344,155 @@ def _unhealthy(run: Run, failure: Stalled, *, trigger: Trigger) -> Finish:
     )
 
 
+def _remember(run: Run, commit: str) -> None:
+    """What this attempt left in the cluster, for the next drift checks."""
+    expectations = run.services.expectations
+    if expectations is not None and run.result is not None:
+        expectations.remember((run.namespace, run.name, run.uid), commit, run.result.fingerprints)
+
+
+def _check_drift(run: Run) -> Finish | Parked | None:
+    """Whether the live objects still match the revision the app applied; correct or report if not.
+
+    Every interval, for an app with nothing new in git: first from the watched fingerprints (no
+    request); only if one changed, or none is known yet (a restarted operator), in full: the
+    applied revision is rendered from the local cache and dry-run as the tenant, and the dry-run's
+    answers compared with the live objects, field by field. None: nothing to do.
+    """
+    expectations = run.services.expectations
+    if expectations is None or not run.status.inventory:
+        return None
+    key = (run.namespace, run.name, run.uid)
+    expected = expectations.get(key)
+    if expected is not None:
+        differ = expectations.differing(key)
+        if not differ:  # in sync, or a watch not synced yet: the next interval tells
+            metrics.DRIFT_CHECKS.labels("fast").inc()
+            return None
+        applied = expected.commit
+    else:
+        applied = rollback.baseline(run)
+        if not applied:
+            return None
+    metrics.DRIFT_CHECKS.labels("full").inc()
+    run_steps(run, start=Step.FETCH, stop_after=Step.FETCH)
+    if applied != run.head:
+        run.target = applied
+    run.reclaim = True
+    return _deliver(
+        run,
+        trigger=Trigger.DRIFT,
+        attempted=run.status.last_attempted or applied,
+        extra={},
+        judge=_judge_drift,
+    )
+
+
+def _judge_drift(run: Run) -> Finish | None:
+    """After the dry-run of the applied revision: in sync, reported, or on to the correction (None)."""
+    plan, resolved = run.plan, run.require_resolved()
+    assert plan is not None and run.verified is not None  # noqa: S101, PT018 - the dry-run ran
+    commit = run.verified.commit
+    found, leave = [], set()
+    for body in plan.bodies:
+        ref = identity(ObjectRef.of(body))
+        live = plan.existing.get(ref)
+        if drift.disabled(body, live):
+            leave.add(ref)
+            continue
+        if (change := drift.drifted(ObjectRef.of(body), body, plan.would.get(ref), live)) is not None:
+            found.append(change)
+    expectations = run.services.expectations
+    reported = resolved.spec.drift_policy is DriftPolicy.REPORT
+    if expectations is not None and (not found or reported):
+        # What is live now is what later checks compare with: a reported drift is reported once.
+        expectations.remember(
+            (run.namespace, run.name, run.uid),
+            commit,
+            {
+                ObjectRef.of(b): drift.fingerprint(live) if live is not None else drift.ABSENT
+                for b in plan.bodies
+                for live in [plan.existing.get(identity(ObjectRef.of(b)))]
+            },
+        )
+    if not found:
+        return _in_sync(run)
+    if reported:
+        return _reported(run, found)
+    run.plan = replace(plan, leave=frozenset(leave))
+    run.drift = tuple(found)
+    return None
+
+
+def _drift_condition(status: Status, reason: Reason, message: str, generation: int) -> Condition:
+    return Condition(ConditionType.DRIFTED, status, reason, message, generation)
+
+
+def _drift_summary(found: Sequence[drift.Drifted]) -> str:
+    shown = [d.describe() for d in found[:_NOTES_SHOWN]]
+    more = len(found) - len(shown)
+    return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+
+
+def _stored_drift(run: Run) -> Mapping[str, Any] | None:
+    return next((c for c in run.status.conditions if c.get("type") == str(ConditionType.DRIFTED)), None)
+
+
+def _in_sync(run: Run) -> Finish:
+    """No drift; a Drifted condition left by an earlier report is turned False."""
+    action = Action.HOLD if run.status.hold and not run.status.hold.released else Action.SKIP
+    outcome = Outcome(
+        action, run.status.ready_reason or Reason.SUCCEEDED, ready=run.status.ready, commit=run.head
+    )
+    stored = _stored_drift(run)
+    if stored is None or stored.get("status") != str(Status.TRUE):
+        return Finish(outcome)
+    message = "the live objects match the applied revision again"
+    return Finish(
+        replace(outcome, action=Action.DRIFT),
+        conditions=[_drift_condition(Status.FALSE, Reason.IN_SYNC, message, run.generation)],
+    )
+
+
+def _reported(run: Run, found: Sequence[drift.Drifted]) -> Finish:
+    """``driftPolicy: report``: a record, an Event, the Drifted condition; nothing changed."""
+    assert run.verified is not None  # noqa: S101 - the trust step ran
+    commit = run.verified.commit
+    message = f"drifted from {commit[:12]}: {_drift_summary(found)}"
+    metrics.DRIFT.labels(run.namespace, run.name, "reported").inc(len(found))
+    record = _record_fields(run, Trigger.DRIFT) | {
+        "outcome": RecordOutcome.DRIFTED,
+        "reason": Reason.DRIFTED,
+        "message": message + " (driftPolicy: report: nothing was changed)",
+        "changes": [],
+        "drift": [d.to_record() for d in found],
+    }
+    return Finish(
+        Outcome(Action.DRIFT, Reason.DRIFTED, ready=run.status.ready, commit=run.head),
+        conditions=[_drift_condition(Status.TRUE, Reason.DRIFTED, message, run.generation)],
+        records=[record],
+    )
+
+
+def _corrected(run: Run) -> Finish:
+    """``driftPolicy: correct``: the applied revision was applied again; recorded with what had drifted."""
+    assert run.verified is not None and run.result is not None  # noqa: S101, PT018 - applied
+    commit = run.verified.commit
+    message = f"corrected drift from {commit[:12]}: {_drift_summary(run.drift)}"
+    metrics.DRIFT.labels(run.namespace, run.name, "corrected").inc(len(run.drift))
+    record = _record_fields(run, Trigger.DRIFT) | {
+        "outcome": RecordOutcome.APPLIED,
+        "reason": Reason.DRIFT_CORRECTED,
+        "message": message,
+        "drift": [d.to_record() for d in run.drift],
+    }
+    return Finish(
+        Outcome(Action.DRIFT, Reason.DRIFT_CORRECTED, ready=run.status.ready, commit=run.head),
+        conditions=[_drift_condition(Status.FALSE, Reason.DRIFT_CORRECTED, message, run.generation)],
+        records=[record],
+    )
+
+
 def _waiting(run: Run, error: Waiting) -> Finish:
     """Transient: say why, retry with backoff; no record (nothing was decided about the commit)."""
     return Finish(
@@ -342,7 +513,10 @@ def _refused(
     commit = commit or run.head or error.commit
     attempted = attempted or commit
     records = []
-    if run.resolved is not None and commit:
+    # A drift correction refused (the tenant's RBAC changed, say) is found again every interval:
+    # recorded when it starts, not at each check.
+    repeated = trigger is Trigger.DRIFT and run.status.ready_reason is error.reason
+    if run.resolved is not None and commit and not repeated:
         remedies = list(error.remedies) if isinstance(error, PolicyViolations) else []
         records.append(
             {
@@ -439,6 +613,8 @@ def prune_on_delete(app: Mapping[str, Any], services: Services) -> None:
     tenant no longer allows the namespace, nothing is pruned.
     """
     run = Run(app=app, services=services)
+    if services.expectations is not None:
+        services.expectations.forget((run.namespace, run.name, run.uid))
     if not run.spec.get("prune", True):
         return
     try:

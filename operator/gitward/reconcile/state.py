@@ -20,6 +20,8 @@ from gitward.api.budgets import DEFAULT_CEILINGS, Budgets
 from gitward.api.refs import ObjectRef
 from gitward.api.resources import Trigger
 from gitward.apply import health
+from gitward.apply.drift import Drifted
+from gitward.apply.expected import Expectations
 from gitward.apply.health import HealthStatus
 from gitward.apply.run import ApplyResult, HealthWaiter, Plan
 from gitward.history.store import History
@@ -65,6 +67,8 @@ class Services:
     # Per tenant namespace, the digest of the fence this process last wrote there (fence.ensure).
     fences: dict[str, str] | None = None
     history: History | None = None  # each app's records as this process last read or wrote them
+    # What each app applied, as fingerprints, with watches of the live objects: the drift check.
+    expectations: Expectations | None = None
 
 
 @dataclass
@@ -102,6 +106,9 @@ class Run:
     preview: bool = False  # gitward diff: write nothing, not even the fence
     limits: Limits | None = None  # render limits instead of the tenant's budgets (tests)
     previous: Sequence[ObjectRef] | None = None  # inventory to prune from, instead of the status's
+    # A drift correction: fields gitward applied and someone else changed are taken back (force).
+    reclaim: bool = False
+    drift: Sequence[Drifted] = ()  # what had drifted, for the correction's record
     # The fast-forward baseline: the last commit the operator applied, from its own records (the
     # status is a view for people, not trust state). Empty on a first apply.
     baseline: str = ""

@@ -38,6 +38,7 @@ class Action(enum.StrEnum):
     HOLD = "hold"  # held at a rollback until the branch moves past the head seen then
     DEPLOY = "deploy"  # apply the branch head
     ROLLBACK = "rollback"  # apply spec.rollbackTo
+    DRIFT = "drift"  # the live objects had drifted from the applied revision: corrected or reported
 
 
 @dataclass(frozen=True, slots=True)

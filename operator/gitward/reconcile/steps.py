@@ -168,7 +168,8 @@ def applier(run: Run) -> Applier:
     """Writes as the tenant's ServiceAccount in the target namespace, owning objects for this app."""
     resolved = run.require_resolved()
     tenant = run.services.as_tenant(resolved.source.target_namespace, TENANT_SERVICE_ACCOUNT)
-    return Applier(tenant, owner=owner_of(resolved.namespace, resolved.name))
+    force = resolved.spec.force or run.reclaim
+    return Applier(tenant, owner=owner_of(resolved.namespace, resolved.name), force=force)
 
 
 def dry_run(run: Run) -> None:
