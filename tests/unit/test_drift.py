@@ -96,6 +96,9 @@ def test_the_fingerprint_ignores_status_and_other_managers_but_not_gitwards_fiel
     assert drift.fingerprint(deployment(image="app:2")) != base  # a value gitward set, changed
     assert drift.fingerprint(taken_over(deployment(), "kubectl-edit")) != base  # the same value, taken
     assert drift.fingerprint(deployment(**{"gitward.dev/reconcile": "disabled"})).disabled
+    by_hand = taken_over(deployment(replicas=3), "kubectl-edit")
+    back_by_hand = taken_over(deployment(replicas=1), "kubectl-edit")  # the same owners, git's value
+    assert drift.fingerprint(back_by_hand) != drift.fingerprint(by_hand)
 
 
 def test_differences_match_named_list_items_by_name():

@@ -38,6 +38,16 @@ def test_the_same_attempt_gets_the_same_name():
     assert record_name(attempt()).startswith("web-aaaaaaaa-")
 
 
+def test_each_drift_finding_is_its_own_record_and_a_repeated_one_is_not():
+    """Drift is found again and again at one commit and generation: the chain position tells findings apart."""
+    drift = attempt(trigger=Trigger.DRIFT, reason=Reason.DRIFT_CORRECTED)
+    assert record_name(drift, "sha256:1") != record_name(drift, "sha256:2")
+    assert record_name(drift, "sha256:1") == record_name(
+        attempt(trigger=Trigger.DRIFT, reason=Reason.DRIFT_CORRECTED, started_at="later"), "sha256:1"
+    )
+    assert record_name(attempt(), "sha256:1") == record_name(attempt(), "sha256:2")  # a deploy: by what it is
+
+
 def chain(count: int) -> list[dict]:
     records, previous = [], ""
     for index in range(1, count + 1):

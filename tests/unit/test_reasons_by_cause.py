@@ -62,3 +62,21 @@ def test_a_verification_tool_that_hangs_is_retried_not_an_invalid_signature():
     with pytest.raises(Waiting) as error:
         run_tool(["sleep", "30"], env={"PATH": os.environ["PATH"]}, timeout=0.5)
     assert error.value.reason is Reason.RECONCILE_ERROR
+
+
+def test_a_field_another_manager_owns_is_a_field_conflict_naming_it_not_an_ownership_conflict():
+    """Told apart by the Status object's causes (as the API server sends them), not by message text."""
+    ref = ObjectRef("", "v1", "ConfigMap", "ns", "settings")
+    answer = (
+        b'{"kind":"Status","apiVersion":"v1","status":"Failure","message":"Apply failed with 1 conflict: '
+        b'conflict with \\"one\\": .data.a","reason":"Conflict","details":{"causes":[{"reason":'
+        b'"FieldManagerConflict","message":"conflict with \\"one\\"","field":".data.a"}]},"code":409}'
+    )
+    error = APIError.from_response(409, answer, "Conflict")
+    assert error.conflicts == ((".data.a", 'conflict with "one"'),)
+    found = classify(error, ref=ref, dry_run=True)
+    assert found.reason is Reason.FIELD_CONFLICT
+    assert '.data.a (conflict with "one")' in found.message
+    assert "spec.force" in found.message
+    exists = APIError.from_response(409, b'{"message":"already exists","reason":"AlreadyExists"}', None)
+    assert classify(exists, ref=ref, dry_run=True).reason is Reason.OWNERSHIP_CONFLICT

@@ -179,11 +179,17 @@ def owned(fields: Mapping[str, Any], node: Any, prefix: str = "") -> Iterator[tu
 
 
 def fingerprint(body: Mapping[str, Any]) -> Fingerprint:
-    """The digest of the fields gitward's manager owns in ``body``, with their values."""
+    """The digest of the fields gitward's manager owns in ``body`` with their values, and of its content.
+
+    The content (everything but ``metadata`` and ``status``) counts whoever owns it, so a change
+    back to git's values by hand shows too; of ``metadata`` only what gitward owns counts, so
+    the annotations controllers keep writing (a Deployment's revision) do not.
+    """
     pairs: list[tuple[str, Any]] = []
     for fields in _fields_of(body, FIELD_MANAGER):
         pairs.extend(owned(fields, body))
-    canonical = json.dumps(sorted(pairs, key=lambda p: p[0]), sort_keys=True, default=str)
+    content = {k: v for k, v in body.items() if k not in ("metadata", "status")}
+    canonical = json.dumps([sorted(pairs, key=lambda p: p[0]), content], sort_keys=True, default=str)
     return Fingerprint(hashlib.sha256(canonical.encode()).hexdigest()[:32], disabled(body))
 
 

@@ -61,9 +61,13 @@ class Attempt:
     notes: Sequence[str] = field(default_factory=tuple)  # what policy left out or ignored
     drift: Sequence[Mapping[str, Any]] = field(default_factory=tuple)  # what had drifted (trigger drift)
 
-    @property
-    def key(self) -> str:
-        """Identifies the attempt across operator restarts."""
+    def key(self, previous_digest: str = "") -> str:
+        """Identifies the attempt across operator restarts.
+
+        A drift is found again and again at one commit, so a drift record is also identified by
+        its place in the chain (the previous record's digest): a finding repeated after a restart
+        is the same record, the next finding is a new one.
+        """
         material = "\0".join(
             [
                 self.app_uid,
@@ -72,8 +76,7 @@ class Attempt:
                 str(self.trigger),
                 str(self.outcome),
                 str(self.reason),
-                # Drift is found again and again at one commit: each finding is its own attempt.
-                *([self.started_at] if self.trigger is Trigger.DRIFT else []),
+                *([previous_digest] if self.trigger is Trigger.DRIFT else []),
             ]
         )
         return hashlib.sha256(material.encode()).hexdigest()[:10]
@@ -93,10 +96,10 @@ class Attempt:
         }
 
 
-def record_name(attempt: Attempt) -> str:
+def record_name(attempt: Attempt, previous_digest: str = "") -> str:
     """A DNS-safe, deterministic name for the attempt's record."""
     prefix = attempt.app_name[:40].rstrip("-.")
-    return f"{prefix}-{attempt.commit[:8]}-{attempt.key}"
+    return f"{prefix}-{attempt.commit[:8]}-{attempt.key(previous_digest)}"
 
 
 def spec_digest(spec: Mapping[str, Any]) -> str:
@@ -131,7 +134,7 @@ def revision_body(attempt: Attempt, *, sequence: int, previous_digest: str) -> d
         "apiVersion": resources.API_VERSION,
         "kind": resources.REVISION.kind,
         "metadata": {
-            "name": record_name(attempt),
+            "name": record_name(attempt, previous_digest),
             "namespace": attempt.app_namespace,
             "labels": {APP_LABEL: attempt.app_name, SEQUENCE_LABEL: str(sequence)},
             "ownerReferences": [

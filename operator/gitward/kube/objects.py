@@ -86,7 +86,7 @@ class APIError(Exception):
         self.status = status
         self.message = message
         # A server-side apply conflict: (field, the server's words on who owns it) per field, from
-        # the Status object's causes of type FieldManagerConflict.
+        # the Status object's causes with reason FieldManagerConflict.
         self.conflicts = conflicts
 
     @classmethod
@@ -99,7 +99,7 @@ class APIError(Exception):
             conflicts.extend(
                 (str(cause.get("field") or ""), str(cause.get("message") or ""))
                 for cause in (answer.get("details") or {}).get("causes") or ()
-                if isinstance(cause, dict) and cause.get("type") == "FieldManagerConflict"
+                if isinstance(cause, dict) and cause.get("reason") == "FieldManagerConflict"
             )
         except (TypeError, ValueError, AttributeError):
             message = body.decode(errors="replace") or str(reason)
