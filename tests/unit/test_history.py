@@ -34,7 +34,9 @@ def test_the_same_attempt_gets_the_same_name():
     assert record_name(attempt()) != record_name(
         attempt(outcome=Outcome.REFUSED, reason=Reason.UNSIGNED_COMMIT)
     )
-    assert record_name(attempt()) != record_name(attempt(trigger=Trigger.WEBHOOK))
+    assert record_name(attempt()) != record_name(attempt(trigger=Trigger.ROLLBACK))
+    # A push webhook only says "look now": the attempt repeated after a restart is a poll, and the same.
+    assert record_name(attempt(trigger=Trigger.WEBHOOK)) == record_name(attempt())
     assert record_name(attempt()).startswith("web-aaaaaaaa-")
 
 

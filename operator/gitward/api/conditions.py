@@ -78,6 +78,7 @@ class Reason(enum.StrEnum):
     ROLLED_BACK = "RolledBack"
     ROLLBACK_NOT_ALLOWED = "RollbackNotAllowed"  # rollbackTo names a commit with no successful record
     SUSPENDED = "Suspended"
+    INTERRUPTED = "Interrupted"  # the operator stopped during an apply; a later attempt finished the job
     # Drift: the live objects no longer match the revision gitward applied
     DRIFTED = "Drifted"
     DRIFT_CORRECTED = "DriftCorrected"

@@ -73,7 +73,8 @@ class Attempt:
                 self.app_uid,
                 self.commit,
                 str(self.generation),
-                str(self.trigger),
+                # A push webhook only says "look now": after a restart the same attempt is a poll.
+                str(Trigger.POLL if self.trigger is Trigger.WEBHOOK else self.trigger),
                 str(self.outcome),
                 str(self.reason),
                 *([previous_digest] if self.trigger is Trigger.DRIFT else []),

@@ -46,7 +46,7 @@ from gitward.reconcile import rollback, steps
 from gitward.reconcile.decide import conditions_for_failure, conditions_from, conditions_succeeded, decide
 from gitward.reconcile.resolve import ResolvedApp, resolve
 from gitward.reconcile.state import Run, Services
-from gitward.reconcile.status import Action, Outcome, Step
+from gitward.reconcile.status import Action, Applying, Outcome, Step
 from gitward.reconcile.steps import run_steps
 
 _LOG = logging.getLogger(__name__)
@@ -559,25 +559,53 @@ def _record_fields(run: Run, trigger: Trigger) -> dict[str, Any]:
 
 def _finish(run: Run, finish: Finish) -> None:
     """The one place an attempt is written: its records (each with Event and audit line), then status."""
-    for record in finish.records:
+    records, fields = list(finish.records), dict(finish.fields)
+    if "inventory" in fields:  # an apply completed: its own note, and an interrupted one's, are done
+        fields["applying"] = None
+        pending = run.status.applying
+        if pending is not None and pending.commit not in {r.get("commit") for r in records}:
+            records.insert(0, _interrupted(pending, fields))
+    for record in records:
         _write_record(run, record)
     if finish.conditions:
-        _write_status(run, finish.conditions, {**run.status_extra, **finish.fields})
+        _write_status(run, finish.conditions, {**run.status_extra, **fields})
     elif any(run.status.raw.get(key) != value for key, value in run.status_extra.items()):
         run.services.operator.merge_patch(run.ref, {"status": dict(run.status_extra)}, subresource="status")
+
+
+def _interrupted(pending: Applying, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The record of an apply the operator did not live to finish (found by the next one to complete)."""
+    try:
+        trigger = Trigger(pending.trigger)
+    except ValueError:
+        trigger = Trigger.POLL
+    now = str(fields.get("lastAppliedRevision") or "")
+    return {
+        "commit": pending.commit,
+        "trigger": trigger,
+        "started_at": pending.started_at,
+        "outcome": RecordOutcome.FAILED,
+        "reason": Reason.INTERRUPTED,
+        "message": (
+            f"the operator stopped while applying {pending.commit[:12]}; {now[:12]} was applied after it, "
+            "and what the interrupted apply had added and git no longer has was pruned"
+        ),
+    }
 
 
 def _write_record(run: Run, fields: Mapping[str, Any]) -> None:
     resolved = run.resolved
     attempt = Attempt(
-        app_namespace=run.namespace,
-        app_name=run.name,
-        app_uid=run.uid,
-        tenant=resolved.tenant_name if resolved else str(run.spec.get("tenant", "")),
-        started_at=run.started,
-        finished_at=run.services.now(),
-        generation=run.generation,
-        **fields,
+        **{
+            "app_namespace": run.namespace,
+            "app_name": run.name,
+            "app_uid": run.uid,
+            "tenant": resolved.tenant_name if resolved else str(run.spec.get("tenant", "")),
+            "started_at": run.started,
+            "finished_at": run.services.now(),
+            "generation": run.generation,
+            **fields,
+        }
     )
     store.record(
         run.services.operator,
@@ -622,7 +650,7 @@ def prune_on_delete(app: Mapping[str, Any], services: Services) -> None:
     except Stalled as error:
         _LOG.warning("not pruning for %s/%s: %s", run.namespace, run.name, error)
         return
-    steps.applier(run).prune_owned(run.status.inventory)
+    steps.applier(run).prune_owned(run.previous_inventory)
 
 
 def resolve_for_prune(run: Run) -> ResolvedApp:

@@ -130,8 +130,15 @@ class Run:
 
     @property
     def previous_inventory(self) -> Sequence[ObjectRef]:
-        """What the app owned before this attempt: what pruning compares against."""
-        return self.status.inventory if self.previous is None else self.previous
+        """What the app owned before this attempt: what pruning compares against.
+
+        With what an interrupted apply may have added (``status.applying``): if it left git, it
+        is pruned like anything else.
+        """
+        if self.previous is not None:
+            return self.previous
+        pending = self.status.applying.inventory if self.status.applying else ()
+        return tuple(dict.fromkeys((*self.status.inventory, *pending)))
 
     def require_resolved(self) -> ResolvedApp:
         """The resolved app; the resolve step runs first, so later steps always have it."""

@@ -55,6 +55,40 @@ class Hold:
 
 
 @dataclass(frozen=True, slots=True)
+class Applying:
+    """``status.applying``: written before an apply adds objects, cleared when an apply completes.
+
+    If the operator dies in between, the next attempt still knows those
+    objects may exist (it prunes them if they left git) and records the
+    interrupted attempt.
+    """
+
+    commit: str
+    trigger: str
+    started_at: str
+    inventory: tuple[ObjectRef, ...]
+
+    def to_status(self) -> dict[str, Any]:
+        """The status field."""
+        return {
+            "commit": self.commit,
+            "trigger": self.trigger,
+            "startedAt": self.started_at,
+            "inventory": [ref.to_inventory() for ref in self.inventory],
+        }
+
+
+def _refs(raw: object) -> tuple[ObjectRef, ...]:
+    found = []
+    for item in raw if isinstance(raw, Sequence) and not isinstance(raw, str) else ():
+        try:
+            found.append(ObjectRef.from_inventory(item))
+        except (KeyError, TypeError, AttributeError):
+            continue
+    return tuple(found)
+
+
+@dataclass(frozen=True, slots=True)
 class AppStatus:
     """The app's status as the operator last wrote it (a view for people, read back for scheduling)."""
 
@@ -63,6 +97,7 @@ class AppStatus:
     last_attempted: str = ""  # only for scheduling (skip an attempted head); trust reads the records
     hold: Hold | None = None
     inventory: tuple[ObjectRef, ...] = ()
+    applying: Applying | None = None
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any] | None) -> AppStatus:
@@ -72,19 +107,23 @@ class AppStatus:
         hold = None
         if isinstance(held, Mapping) and held.get("commit"):
             hold = Hold(str(held["commit"]), str(held.get("heldAtHead") or ""), bool(held.get("released")))
-        inventory = []
-        for item in raw.get("inventory") or ():
-            try:
-                inventory.append(ObjectRef.from_inventory(item))
-            except (KeyError, TypeError, AttributeError):
-                continue
+        pending = raw.get("applying")
+        applying = None
+        if isinstance(pending, Mapping) and pending.get("commit"):
+            applying = Applying(
+                str(pending["commit"]),
+                str(pending.get("trigger") or "poll"),
+                str(pending.get("startedAt") or ""),
+                _refs(pending.get("inventory")),
+            )
         generation = raw.get("observedGeneration")
         return cls(
             raw=raw,
             observed_generation=generation if isinstance(generation, int) else None,
             last_attempted=str(raw.get("lastAttemptedRevision") or ""),
             hold=hold,
-            inventory=tuple(inventory),
+            inventory=_refs(raw.get("inventory")),
+            applying=applying,
         )
 
     @property

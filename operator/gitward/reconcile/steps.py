@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from gitward.api.conditions import Reason
+from gitward.api.refs import ObjectRef
 from gitward.api.resources import VerifyMode
 from gitward.apply.inventory import PruneGuard, owner_of
 from gitward.apply.run import Applier, PollingHealth, unhealthy, workloads
@@ -40,7 +41,7 @@ from gitward.policy import foreign
 from gitward.policy.check import check
 from gitward.reconcile.resolve import resolve as resolve_app
 from gitward.reconcile.state import Run
-from gitward.reconcile.status import Step
+from gitward.reconcile.status import Applying, Step
 from gitward.render.limits import Limits
 from gitward.render.load import load
 from gitward.source import git
@@ -202,10 +203,33 @@ def dry_run(run: Run) -> None:
 
 
 def apply(run: Run) -> None:
-    """Server-side apply as the tenant, tier by tier, then prune what left the inventory."""
+    """Server-side apply as the tenant, tier by tier, then prune what left the inventory.
+
+    Objects the app did not own yet are first written to ``status.applying`` (the one status
+    write before the end of an attempt): if the operator dies during the apply, the next
+    attempt knows they may exist, prunes them if they left git, and records the interruption.
+    """
     if run.plan is None:
         raise RuntimeError("the dry-run step has not run")
+    _note_applying(run, run.plan.inventory)
     run.result = applier(run).apply(run.plan)
+
+
+def _note_applying(run: Run, inventory: tuple[ObjectRef, ...]) -> None:
+    known = set(run.previous_inventory)
+    added = [ref for ref in inventory if ref not in known]
+    if run.preview or not added or not run.uid:
+        return
+    pending = run.status.applying.inventory if run.status.applying else ()
+    applying = Applying(
+        commit=run.target or run.head,
+        trigger=str(run.trigger),
+        started_at=run.started,
+        inventory=tuple(dict.fromkeys((*pending, *added))),
+    )
+    run.services.operator.merge_patch(
+        run.ref, {"status": {"applying": applying.to_status()}}, subresource="status"
+    )
 
 
 def health(run: Run) -> None:
