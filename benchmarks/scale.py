@@ -448,6 +448,7 @@ class Idle:
     children_cpu: float
     kube: dict[str, float] | None
     apiserver_writes: dict[str, int]
+    drift_checks: dict[str, float] | None = None  # gitward_drift_checks_total by kind (fast, full)
 
     @property
     def cpu_ms_per_app_interval(self) -> float:
@@ -835,6 +836,11 @@ class Bench:
         kube = None
         if kube0 is not None and kube1 is not None:
             kube = {verb: kube1.get(verb, 0) - kube0.get(verb, 0) for verb in set(kube0) | set(kube1)}
+        drift0 = counter_by_label(text0, "gitward_drift_checks", "kind") or {}
+        drift1 = counter_by_label(text1, "gitward_drift_checks", "kind")
+        drift = None
+        if drift1 is not None:
+            drift = {kind: drift1.get(kind, 0) - drift0.get(kind, 0) for kind in set(drift0) | set(drift1)}
         self.row.idle = Idle(
             window=elapsed,
             intervals=elapsed / interval,
@@ -844,6 +850,7 @@ class Bench:
             children_cpu=cpu1[1] - cpu0[1],
             kube=kube,
             apiserver_writes=write_categories(server1 - server0),
+            drift_checks=drift,
         )
         moved = [name for name, state in self.states().items() if not state.at(self.commits[name])]
         if moved:
@@ -994,6 +1001,13 @@ def print_row(row: Row) -> None:
             line(
                 "  operator API requests",
                 f"writes {writes:.0f}, reads {reads:.0f} ({per_poll}; {by_verb(idle.kube) or 'none'})",
+            )
+        if idle.drift_checks is not None:
+            fast, full = idle.drift_checks.get("fast", 0), idle.drift_checks.get("full", 0)
+            line(
+                "  drift checks (in the above)",
+                f"{fast:.0f} from watched fingerprints, {full:.0f} full (dry-run); "
+                f"{(fast + full) / idle.apps / idle.intervals:.2f} per app per interval",
             )
         writes_seen = idle.apiserver_writes
         shown = ", ".join(f"{k} {v}" for k, v in sorted(writes_seen.items())) or "none"
