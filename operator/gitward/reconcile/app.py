@@ -366,9 +366,10 @@ def _check_drift(run: Run) -> Finish | Parked | None:
     expected = expectations.get(key)
     if expected is not None:
         differ = expectations.differing(key)
-        if not differ:  # in sync, or a watch not synced yet: the next interval tells
+        if differ == []:
             metrics.DRIFT_CHECKS.labels("fast").inc()
             return None
+        # Changed, or not known from the watches (one not synced, or refused): checked in full.
         applied = expected.commit
     else:
         applied = rollback.baseline(run)
