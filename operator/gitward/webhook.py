@@ -35,7 +35,11 @@ next one costs:
    can spend its bucket without the secret: the route then falls back to
    polling, and nothing else stalls.
 4. A declared body over 1 MiB is 413, before a byte of it is read.
-5. The body is read whole, 413 past 1 MiB (a body without a declared length).
+5. The body is read whole, 413 past 1 MiB (a body without a declared length),
+   and within :data:`BODY_TIMEOUT` of the request's head: a body that is not
+   all there by then (a ``Content-Length`` larger than what is sent, a chunked
+   body that never ends, a client that sends a byte now and then) is 408 and
+   the connection is closed at once.
 6. The signature (or token) is checked against the route's secret in
    constant time; a missing or wrong one is 401.
 7. A delivery already accepted for the route within 10 minutes (by its
@@ -55,10 +59,18 @@ next one costs:
 An authentic delivery is 202, with how many apps were woken (possibly none:
 no app on the route follows the pushed branch). Every answer is counted in
 ``gitward_webhook_requests_total`` by result.
+
+No request holds the port for long: the body is bounded by
+:data:`BODY_TIMEOUT` (above), and a connection that has not sent a whole
+request head within :data:`IDLE_TIMEOUT` (of opening, or of its last answer)
+is closed by the server :func:`make_runner` builds. An answer given before the
+body was read (404, 413, 429) leaves aiohttp draining the rest for at most its
+lingering time (10 s) before it closes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -77,6 +89,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gitward import metrics
 
 MAX_BODY = 1024 * 1024
+BODY_TIMEOUT = 10.0
+"""Seconds a request on a known route has, once its head is in, to send its whole body (then 408, closed)."""
+IDLE_TIMEOUT = 10.0
+"""Seconds a connection may be open (or idle after an answer) without a whole request head (then closed)."""
 ROUTE_PREFIX = "/hook/"
 DELIVERY_HEADERS = (
     "X-GitHub-Delivery",
@@ -365,6 +381,16 @@ async def _read_body(request: web.Request) -> bytes | None:
     return b"".join(chunks)
 
 
+async def _hang_up(request: web.Request, response: web.Response) -> web.Response:
+    """Send ``response``, then close the connection at once: no lingering for a body that is not coming."""
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    if request.transport is not None:
+        request.transport.close()  # after what was written is flushed
+    return response
+
+
 def _wake_each(wake: Wake, apps: tuple[App, ...]) -> int:
     """Wake each app; how many were (a wake that fails counts as not woken, never as a 500)."""
     woken = 0
@@ -417,6 +443,7 @@ def make_app(
     refill_per_second: float = 1.0,
     replay_window: float = 600.0,
     replay_size: int = 10_000,
+    body_timeout: float = BODY_TIMEOUT,
 ) -> web.Application:
     """The aiohttp application: ``POST /hook/<token>``, /metrics and /healthz.
 
@@ -430,11 +457,12 @@ def make_app(
         refill_per_second: Requests a route may make per second, sustained.
         replay_window: Seconds an accepted delivery is remembered.
         replay_size: Deliveries remembered at most (over all routes).
+        body_timeout: Seconds a request on a known route has to send its whole body (then 408, closed).
 
     Raises:
         ValueError: A limit that would refuse everything, or never refill.
     """
-    if min(burst, refill_per_second, replay_size) <= 0:
+    if min(burst, refill_per_second, replay_size, body_timeout) <= 0:
         raise ValueError("webhook limits must be positive")
     buckets = _TokenBuckets(burst=burst, rate=refill_per_second, clock=clock)
     delivered = _Seen(window=replay_window, size=replay_size, clock=clock)
@@ -453,7 +481,11 @@ def make_app(
             return _reply(429, "rate-limited", "too many requests\n", {"Retry-After": str(wait)})
         if request.content_length is not None and request.content_length > MAX_BODY:
             return _reply(413, "too-large", "body too large\n")
-        body = await _read_body(request)
+        try:
+            async with asyncio.timeout(body_timeout):
+                body = await _read_body(request)
+        except TimeoutError:  # a body promised and not sent: the HTTP parser would wait for it forever
+            return await _hang_up(request, _reply(408, "too-slow", "request body not received in time\n"))
         if body is None:
             return _reply(413, "too-large", "body too large\n")
         # As it is now: apps may have come or gone while the body was read (one token, one secret).
@@ -479,3 +511,19 @@ def make_app(
     app.router.add_get("/metrics", _metrics_endpoint(metrics_access))
     app.router.add_get("/healthz", healthz)
     return app
+
+
+def make_runner(app: web.Application, *, idle_timeout: float = IDLE_TIMEOUT) -> web.AppRunner:
+    """The runner to serve the webhook ``app`` with (no access log; ``setup()`` it, then add a site).
+
+    aiohttp's keep-alive timer, started when a connection opens and again
+    after each answer, closes a connection still waiting for a whole request
+    head after ``idle_timeout`` seconds; its default (an hour) would let one
+    client that sends half a request line hold a socket that long.
+
+    Raises:
+        ValueError: ``idle_timeout`` is not positive (0 would disable the timer).
+    """
+    if idle_timeout <= 0:
+        raise ValueError("the idle timeout must be positive")
+    return web.AppRunner(app, access_log=None, keepalive_timeout=idle_timeout)
