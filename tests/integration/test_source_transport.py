@@ -133,20 +133,20 @@ def test_an_untrusted_tls_certificate_is_refused(tmp_path, work, https):
 
 
 def test_a_server_that_is_down_fails_fast(tmp_path, work):
-    """Nothing listening on the port: FetchFailed within a second or two, not at the timeout."""
+    """Nothing listening on the port: SourceUnavailable within a second or two, not at the timeout."""
     started = time.monotonic()
     error = fetch_error(f"https://127.0.0.1:{free_port()}/web.git", None, options(tmp_path, timeout=30))
-    assert error.reason is Reason.FETCH_FAILED
+    assert error.reason is Reason.SOURCE_UNAVAILABLE
     assert time.monotonic() - started < 10
 
 
 def test_a_server_slower_than_the_timeout_is_abandoned(tmp_path, work, https):
-    """A server that stalls past the timeout is cut off at the timeout: FetchFailed, retryable."""
+    """A server that stalls past the timeout is cut off at the timeout: SourceUnavailable, retryable."""
     https.delay = 8.0
     started = time.monotonic()
     error = fetch_error(https.url("web.git"), https_credentials(https), options(tmp_path, timeout=1.5))
     elapsed = time.monotonic() - started
-    assert error.reason is Reason.FETCH_FAILED
+    assert error.reason is Reason.SOURCE_UNAVAILABLE
     assert "timed out after 1.5s" in error.message
     assert elapsed < 5
 

@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import asyncssh
 
@@ -463,3 +463,156 @@ async def _pump(pipe: asyncio.StreamReader, channel: asyncssh.SSHWriter[bytes]) 
 def closed_port() -> Iterator[int]:
     """A loopback port with nothing listening on it."""
     yield free_port()
+
+
+class _CutError(Exception):
+    """The response was cut off on purpose."""
+
+
+class _CuttingWriter:
+    """Passes a response through, except a fetch's pack: half of it, then the connection is closed."""
+
+    def __init__(self, handler: _OutageHandler, raw: Any) -> None:
+        self.handler = handler
+        self.raw = raw
+        self.writes = 0
+
+    def write(self, data: bytes) -> int:
+        self.writes += 1
+        if self.writes == 1 or not self.handler.fetching:  # the first write is the status and headers
+            return int(self.raw.write(data))
+        self.raw.write(data[: len(data) // 2])
+        self.raw.flush()
+        connection = self.handler.connection
+        if isinstance(connection, ssl.SSLSocket):
+            connection = connection.unwrap()  # a clean TLS close: the client sees a short transfer
+        connection.close()
+        raise _CutError
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.raw.closed)
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+class _OutageHandler(_Handler):
+    """The real git server, unless its owner hangs requests, answers them with one status, or cuts packs."""
+
+    fetching = False
+
+    def _body(self) -> bytes:
+        body = super()._body()
+        plain = gzip.decompress(body) if self.headers.get("Content-Encoding") == "gzip" else body
+        self.fetching = b"command=fetch" in plain
+        return body
+
+    def _answer(self, owner: HttpsGitServer) -> None:
+        assert isinstance(owner, OutageHttpsGitServer)  # only that server uses this handler
+        if owner.cutting:
+            # One handler serves every request of a keep-alive connection: wrap its socket writer once.
+            raw = self.wfile.raw if isinstance(self.wfile, _CuttingWriter) else self.wfile
+            self.wfile = _CuttingWriter(self, raw)  # type: ignore[assignment]
+            try:
+                super()._answer(owner)
+            except (_CutError, OSError):
+                self.close_connection = True
+            return
+        if not owner.answering.is_set():
+            owner.record(self.command, self.path, "hung")
+            owner.answering.wait()  # until answer(), or the server stops; then the connection just closes
+            self.close_connection = True
+            return
+        status = owner.status
+        if status is not None:
+            if self.command == "POST":
+                self._body()
+            owner.record(self.command, self.path, str(status))
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            return
+        super()._answer(owner)
+
+
+class OutageHttpsGitServer(HttpsGitServer):
+    """:class:`HttpsGitServer` that can go down and come back on the same port, hang, or answer 5xx.
+
+    - :meth:`stop` closes the listening socket (clients get "connection refused"); :meth:`start`
+      listens again on the same port, so URLs, the tenant's source rule and the CA stay valid.
+    - :meth:`hang`: every request is read and never answered (until :meth:`answer` or a stop).
+    - :meth:`fail` with a status: every request is answered with it (``503``, ``429``) until
+      :meth:`answer`.
+    - :meth:`cut`: every fetch gets half of its pack, then the connection closes (an early EOF).
+
+    Requests that were hung or failed are recorded as ``"hung"`` or the status in :attr:`requests`.
+    """
+
+    def __init__(self, root: Path, tls_dir: Path, **credentials: str) -> None:
+        super().__init__(root, tls_dir, **credentials)
+        self._tls_dir = tls_dir
+        self.status: int | None = None
+        self.cutting = False
+        self.answering = threading.Event()
+        self.answering.set()
+        self._server.RequestHandlerClass = _OutageHandler
+        self.running = False
+
+    def __enter__(self) -> Self:
+        super().__enter__()
+        self.running = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.answering.set()  # no handler thread is left waiting
+        if self.running:
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop listening: a client now gets "connection refused" on this port."""
+        self.answering.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+        self.running = False
+
+    def start(self) -> None:
+        """Listen again on the same port, with the same certificate and repositories."""
+        server = _Server(("127.0.0.1", self.port), _OutageHandler)
+        server.owner = self
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self._tls_dir / "server.crt", self._tls_dir / "server.key")
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, daemon=True)
+        self._thread.start()
+        self.running = True
+
+    def hang(self) -> None:
+        """Accept connections and read requests, but answer none."""
+        self.answering.clear()
+
+    def fail(self, status: int) -> None:
+        """Answer every request with ``status`` (no body)."""
+        self.status = status
+        self.answering.set()
+
+    def cut(self) -> None:
+        """Send every fetch half of its pack, then close the connection."""
+        self.cutting = True
+
+    def answer(self) -> None:
+        """Serve git again: no hanging, no forced status, no cut packs."""
+        self.status = None
+        self.cutting = False
+        self.answering.set()
+
+    def count(self, command: str) -> int:
+        """How many requests were recorded as ``command`` (``"hung"``, ``"503"``, ``"ls-refs"``, ...)."""
+        return self.commands().count(command)

@@ -11,6 +11,10 @@ from gitward.reconcile.status import Action, AppStatus
 A, B, C = "a" * 40, "b" * 40, "c" * 40
 
 
+def ready(state, reason):
+    return {"type": "Ready", "status": state, "reason": reason, "message": ""}
+
+
 def status(**fields):
     return {"observedGeneration": 2, "lastAttemptedRevision": A, "lastAppliedRevision": A, **fields}
 
@@ -30,6 +34,15 @@ def status(**fields):
          Action.SKIP),  # released: follow the branch again
         (status(lastAttemptedRevision=B, rollback={"commit": C, "heldAtHead": B}), B, 3, "", False,
          Action.DEPLOY),  # the field was cleared (a new generation): back to the branch head
+        # A transient failure (nothing decided about the commit) is looked at again, head unchanged or not
+        (status(conditions=[ready("False", "SourceUnavailable")]), A, 2, "", False, Action.DEPLOY),
+        (status(conditions=[ready("Unknown", "APIUnavailable")]), A, 2, "", False, Action.DEPLOY),
+        (status(conditions=[ready("False", "FetchFailed")]), A, 2, "", False, Action.DEPLOY),
+        (status(conditions=[ready("False", "ReconcileError")]), A, 2, "", False, Action.DEPLOY),
+        # A refusal is final for that head: not retried until it moves
+        (status(conditions=[ready("False", "UnsignedCommit")]), A, 2, "", False, Action.SKIP),
+        (status(conditions=[ready("False", "FieldConflict")]), A, 2, "", False, Action.SKIP),
+        (status(conditions=[ready("True", "Succeeded")]), A, 2, "", False, Action.SKIP),
     ],
 )  # fmt: skip
 def test_decide(state, head, generation, rollback_to, force, expected):

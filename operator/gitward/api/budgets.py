@@ -81,7 +81,7 @@ REASONS: Final = {
     "tree_entries": Reason.SOURCE_TOO_LARGE,
     "tree_bytes": Reason.SOURCE_TOO_LARGE,
     "commits": Reason.SOURCE_TOO_LARGE,
-    "git_seconds": Reason.SOURCE_TOO_LARGE,  # CPU; a slow server's wall clock is FetchFailed (retried)
+    "git_seconds": Reason.SOURCE_TOO_LARGE,  # CPU; a slow server's wall clock is SourceUnavailable
     "git_memory": Reason.SOURCE_TOO_LARGE,
     "files": Reason.MANIFEST_TOO_LARGE,
     "file_bytes": Reason.MANIFEST_TOO_LARGE,
@@ -102,7 +102,7 @@ MEANINGS: Final = {
     "tree_bytes": "the sum of the sizes of every file in the commit's tree",
     "commits": "new commits verified in one apply",
     "git_seconds": "CPU seconds of one git command, and its wall clock (a server that runs that out is "
-    "FetchFailed, retried)",
+    "SourceUnavailable, retried)",
     "git_memory": "address space of one git command",
     "files": "files read for one render",
     "file_bytes": "bytes of one file read for rendering",

@@ -13,6 +13,11 @@ from gitward.api.conditions import STEP_CONDITIONS, Condition, ConditionType, Re
 from gitward.reconcile.status import Action, AppStatus
 
 MAX_BACKOFF_STEPS = 6
+# What a transient failure (retried, never recorded) leaves as the Ready reason. The status they
+# wrote says nothing about the commit: a poll that finds the head unchanged must look again.
+TRANSIENT_REASONS = frozenset(
+    {Reason.FETCH_FAILED, Reason.SOURCE_UNAVAILABLE, Reason.API_UNAVAILABLE, Reason.RECONCILE_ERROR}
+)
 
 
 def decide(status: AppStatus, *, generation: int, head: str, rollback_to: str, force: bool) -> Action:
@@ -28,7 +33,7 @@ def decide(status: AppStatus, *, generation: int, head: str, rollback_to: str, f
         else:
             return Action.DEPLOY
     unchanged = head == status.last_attempted and generation == status.observed_generation
-    if unchanged and not force:
+    if unchanged and not force and status.ready_reason not in TRANSIENT_REASONS:
         return Action.SKIP
     return Action.DEPLOY
 

@@ -23,16 +23,21 @@
   output is capped while it is read.
 - Failures are classified by cause: what git's integrity checks refuse is
   ``SourceRejected`` and over budget is ``SourceTooLarge``, both permanent
-  for that head; the network, the server and credentials are
-  ``FetchFailed``, retried with backoff. git's messages are the only
-  signal for some causes, so they are matched here, at the boundary, and
-  nowhere else.
+  for that head; a server that did not answer (refused or dropped the
+  connection, a name that does not resolve, TLS cut short, HTTP 5xx or 429,
+  a transfer cut off, our own wall-clock timeout) is ``SourceUnavailable``
+  (:class:`Unavailable`, which says since when), and a server that answered
+  and refused (credentials, host key, certificate, missing repository or
+  branch) is ``FetchFailed``; both are retried with backoff. git's messages
+  are the only signal for some causes, so they are matched here, at the
+  boundary, and nowhere else.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
 import os
 import re
 import shlex
@@ -45,7 +50,7 @@ from typing import Final
 from gitward import processes
 from gitward.api.budgets import Budgets, describe
 from gitward.api.conditions import Reason
-from gitward.errors import GitwardError, Stalled, Waiting
+from gitward.errors import GitwardError, Stalled, Waiting, truncate
 from gitward.source.credentials import Credentials, scrub
 
 _HOST_KEY_PROBLEMS: Final = (
@@ -63,6 +68,44 @@ _AUTH_PROBLEMS: Final = (
     "the requested url returned error: 403",
     "permission denied (publickey",
 )
+# What git (curl for https, OpenSSH for ssh) says when the server did not answer, as provoked in
+# tests/unit/test_source_unavailable.py. A certificate that fails verification is not here: that
+# server answered with an identity we cannot trust (FetchFailed, like a host key that does not match).
+_UNAVAILABLE_SIGNS: Final = (
+    "couldn't connect to server",  # curl 7: the connection was refused
+    "failed to connect to",
+    "connection refused",  # ssh: connect to host ... port ...: Connection refused
+    "could not resolve host",  # curl, and ssh's "Could not resolve hostname"
+    "could not resolve proxy",
+    "name or service not known",
+    "temporary failure in name resolution",
+    "network is unreachable",
+    "no route to host",
+    "timed out",  # curl's connect and operation timeouts; ssh's "Connection timed out during banner exchange"
+    "connection reset",  # "Connection reset by peer"; ssh's "Connection reset by <host> port <port>"
+    "connection closed by",  # ssh: "kex_exchange_identification: Connection closed by remote host"
+    "broken pipe",  # ssh: "ssh_dispatch_run_fatal: Connection to ...: Broken pipe"
+    "empty reply from server",
+    "transfer closed with",  # curl 18: "transfer closed with 970 bytes remaining to read"
+    "non-properly terminated",  # GnuTLS: the TLS connection (or its handshake) was cut
+    "error in the pull function",  # GnuTLS: reset during the handshake
+    "error in the push function",
+    "ssl_error_syscall",  # OpenSSL: the handshake was cut
+    "unexpected eof while reading",  # OpenSSL 3
+    "the remote end hung up unexpectedly",
+    "unexpected disconnect while reading sideband packet",
+    "early eof",
+)
+# The HTTP statuses that say "not now" rather than "no": any 5xx, and 429 Too Many Requests.
+_UNAVAILABLE_STATUS: Final = re.compile(r"the requested url returned error: (5[0-9][0-9]|429)\b")
+# Parts of git's messages that differ from one attempt to the next, so a status would churn.
+_VARYING: Final = (
+    (re.compile(r" after [0-9]+ ms(?=:)"), ""),  # curl: "Failed to connect to H port P after 0 ms: ..."
+    (re.compile(r" after [0-9]+ milliseconds( with [0-9]+ (out of [0-9]+ )?bytes received)?"), ""),
+    (re.compile(r"\b[0-9]+ bytes\b"), "some bytes"),  # "transfer closed with 970 bytes remaining to read"
+)
+# The git commands that talk to the server: only their timeouts say the server did not answer.
+_REMOTE_COMMANDS: Final = frozenset({"ls-remote", "fetch"})
 # What git says when its integrity checks (transfer.fsckObjects, index-pack) refuse an object.
 INTEGRITY_PROBLEMS: Final = (
     "fsck error",
@@ -118,6 +161,42 @@ _CONFIG: Final = (
     "core.packedGitLimit=128m",
     "core.deltaBaseCacheLimit=16m",
 )
+
+
+def kube_time(moment: dt.datetime | None = None) -> str:
+    """A moment (now by default) as Kubernetes writes times: UTC, to the second (``2026-11-25T20:10:03Z``)."""
+    return (moment or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Unavailable(Waiting):
+    """The git server did not answer: ``SourceUnavailable``, retried; the message says since when.
+
+    ``detail`` is what failed and git's words for it (scrubbed, with the parts that change from one
+    attempt to the next taken out); ``since`` is when the source stopped answering, as Kubernetes
+    writes times. The runner knows only this failure, so it says "since now"; a caller that tracks
+    the source across attempts (:class:`~gitward.source.shared.SharedSources`) moves ``since`` back to
+    the first failure of the outage with :meth:`since_then`. The message holds nothing else that
+    changes between attempts, so a status that repeats it is not written again.
+    """
+
+    def __init__(self, detail: str, *, since: str, retry_after: float = 30.0) -> None:
+        self.detail = detail
+        self.since = since
+        message = unavailable_message(detail, since)
+        super().__init__(Reason.SOURCE_UNAVAILABLE, message, retry_after=retry_after)
+
+    def since_then(self, since: str) -> Unavailable:
+        """A copy of this failure that says the source has not answered since ``since``."""
+        clone = self.again()
+        clone.since = since
+        clone.message = truncate(unavailable_message(clone.detail, since))
+        clone.args = (f"{clone.reason}: {clone.message}",)
+        return clone
+
+
+def unavailable_message(detail: str, since: str) -> str:
+    """What a ``SourceUnavailable`` condition says: since when, then what failed."""
+    return f"the git server has not answered since {since}: {detail}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,13 +362,21 @@ class GitRunner:
     ) -> str:
         """Run ``git <config> <args>``; return stdout, or raise the error that names the cause."""
         done = self.run_raw(args, cwd=cwd, stdin=stdin, max_output=max_output)
-        self.check(done, what=what)
+        self.check(done, what=what, remote=bool(args) and args[0] in _REMOTE_COMMANDS)
         return done.stdout.decode(errors="replace")
 
-    def check(self, done: processes.Finished, *, what: str) -> None:
-        """Raise the error for a git command that did not succeed."""
+    def check(self, done: processes.Finished, *, what: str, remote: bool = False) -> None:
+        """Raise the error for a git command that did not succeed.
+
+        ``remote``: the command talks to the server (``ls-remote``, ``fetch``), so running out of
+        time means the server did not answer in time (``SourceUnavailable``); a local command that
+        runs out of time says nothing about the server.
+        """
         if done.timed_out:
-            raise Waiting(Reason.FETCH_FAILED, f"{what}: timed out after {self.timeout:g}s")
+            timed_out = f"{what}: timed out after {self.timeout:g}s"
+            if remote:
+                raise Unavailable(timed_out, since=kube_time())
+            raise Waiting(Reason.FETCH_FAILED, timed_out)
         if done.over_output:
             raise Stalled(Reason.SOURCE_TOO_LARGE, f"{what}: git's answer is larger than the budget allows")
         budget = self.budgets
@@ -319,9 +406,16 @@ class GitRunner:
                 Reason.SOURCE_TOO_LARGE, f"{what}: git needed more than its memory budget of {limit}"
             )
         if any(problem in lowered for problem in INTEGRITY_PROBLEMS):
+            # Before the transport's signs: git found broken objects in what did arrive, and then
+            # dropped the connection (an early EOF after that is a consequence, not the cause).
             return Stalled(
                 Reason.SOURCE_REJECTED, f"{what}: git's integrity checks refused the objects: {message}"
             )
+        return self._transport_failure(what, message)
+
+    def _transport_failure(self, what: str, message: str) -> GitwardError:
+        """The server refused (``FetchFailed``), or did not answer (``SourceUnavailable``)."""
+        lowered = message.lower()
         if any(problem in lowered for problem in _HOST_KEY_PROBLEMS):
             offered = _OFFERED_HOST_KEY.search(message)
             detail = f" (the server offered {offered.group(1)})" if offered else ""
@@ -334,7 +428,18 @@ class GitRunner:
             return Waiting(
                 Reason.FETCH_FAILED, f"{what}: authentication failed: the server refused the credentials"
             )
+        # After the refusals: a server that refused the key or the credentials may drop the
+        # connection too, and that is still a refusal.
+        if any(sign in lowered for sign in _UNAVAILABLE_SIGNS) or _UNAVAILABLE_STATUS.search(lowered):
+            return Unavailable(f"{what}: {steady(message)}", since=kube_time())
         return Waiting(Reason.FETCH_FAILED, f"{what}: {message}")
+
+
+def steady(message: str) -> str:
+    """The message of git without what changes between attempts (milliseconds, byte counts)."""
+    for pattern, replacement in _VARYING:
+        message = pattern.sub(replacement, message)
+    return message
 
 
 @contextlib.contextmanager

@@ -14,6 +14,11 @@ holds, per source, a lock and the last head seen:
 - :meth:`SharedSources.fetch` fetches under the source's lock into the
   source's one cache repository, so two apps never race to create or
   update it (the ``FileExistsError`` of a per-app cache is gone with it).
+- A server that does not answer (:class:`~gitward.source.runner.Unavailable`)
+  is an outage of the source, remembered from its first failed attempt
+  (wall-clock UTC) until the server answers again: every failure during it
+  says the same "has not answered since", so the status an app writes
+  stays the same from one retry to the next.
 
 The tenant is part of the key: budgets and credentials are the tenant's,
 and one tenant's fetch never writes another tenant's cache. What is
@@ -23,10 +28,12 @@ tenant's keys; sharing saves the network and the disk, never a check.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,9 +42,14 @@ from gitward.errors import GitwardError
 from gitward.source import fetch as fetching
 from gitward.source.allow import AllowedSource
 from gitward.source.credentials import Credentials
-from gitward.source.runner import FetchOptions
+from gitward.source.runner import FetchOptions, Unavailable, kube_time
 
 Clock = Callable[[], float]
+WallClock = Callable[[], dt.datetime]
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,14 +96,18 @@ class _Source:
     error: GitwardError | None = None
     remote_checks: int = 0
     fetches: int = 0
+    unavailable_since: str = ""  # when the server stopped answering (Kubernetes time), "" while it answers
 
 
 class SharedSources:
     """Heads and fetches per source, coalesced across the apps that read it. Thread-safe."""
 
-    def __init__(self, options: FetchOptions, *, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, options: FetchOptions, *, clock: Clock = time.monotonic, wall: WallClock = _utc_now
+    ) -> None:
         self.options = options
         self._clock = clock
+        self._wall = wall
         self._sources: dict[SourceKey, _Source] = {}
         self._lock = threading.Lock()
 
@@ -118,12 +134,13 @@ class SharedSources:
                 state.started = self._clock()
                 state.remote_checks += 1
                 try:
-                    state.head, state.error = (
-                        fetching.remote_head(
-                            source, credentials=credentials, options=self.options, budgets=budgets
-                        ),
-                        None,
-                    )
+                    with self._outage(state):
+                        state.head, state.error = (
+                            fetching.remote_head(
+                                source, credentials=credentials, options=self.options, budgets=budgets
+                            ),
+                            None,
+                        )
                 except GitwardError as error:
                     state.head, state.error = "", error
             if state.error is not None:
@@ -141,7 +158,7 @@ class SharedSources:
     ) -> fetching.Checkout:
         """``head`` in the source's cache repository, fetched at most once however many apps ask."""
         state = self._source(key)
-        with state.lock:
+        with state.lock, self._outage(state):
             checkout = fetching.fetch(
                 source,
                 cache=self.cache_dir(key),
@@ -153,6 +170,23 @@ class SharedSources:
             state.fetches += checkout.fetched
             return checkout
 
+    @contextmanager
+    def _outage(self, state: _Source) -> Iterator[None]:
+        """Keep the source's outage (under its lock): begun by a failure to answer, ended by any answer.
+
+        A server that refuses (credentials, a missing branch) answered, so that ends the outage too:
+        "has not answered since" must never outlive an answer.
+        """
+        try:
+            yield
+        except Unavailable as error:
+            state.unavailable_since = state.unavailable_since or kube_time(self._wall())
+            raise error.since_then(state.unavailable_since) from None
+        except GitwardError:
+            state.unavailable_since = ""
+            raise
+        state.unavailable_since = ""
+
     def cache_dir(self, key: SourceKey) -> Path:
         """The source's cache repository: stable for the key, unguessable without the cache's secret."""
         return fetching.keyed_cache_dir(self.options.cache_root, key.name)
@@ -161,3 +195,7 @@ class SharedSources:
         """How many remote checks and fetches the source has made (for tests and metrics)."""
         state = self._source(key)
         return state.remote_checks, state.fetches
+
+    def unavailable_since(self, key: SourceKey) -> str:
+        """Since when the source's server has not answered (Kubernetes time), or "" if it answers."""
+        return self._source(key).unavailable_since
