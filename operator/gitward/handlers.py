@@ -27,8 +27,8 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,7 +37,7 @@ from aiohttp import web
 
 from gitward import logs, metrics, shards, webhook
 from gitward.api import budgets, resources
-from gitward.api.conditions import ConditionType, Reason
+from gitward.api.conditions import Condition, ConditionType, Reason, Status, merge_conditions
 from gitward.api.refs import ObjectRef
 from gitward.api.resources import Trigger, parse_duration
 from gitward.apply.expected import Expectations
@@ -158,11 +158,42 @@ def wake(memo: kopf.Memo, namespace: str, name: str, trigger: Trigger, *, force:
     return True
 
 
+def wake_for_drift(memo: kopf.Memo, namespace: str, name: str) -> None:
+    """An object the app applied changed: check for drift now.
+
+    Nothing new is expected from git, so the head checked within the interval will do (a
+    webhook's or a request's trigger and freshness, if one is pending, are kept).
+    """
+    if (namespace, name) in memo.wakeups:
+        _wakeup(memo, namespace, name).event.set()
+
+
 @kopf.on.login()
 def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
     """Log kopf in with the same credentials gitward's own clients use."""
     parts = clients.connection_parts(clients.load_configuration(memo.config.kubeconfig))
     return kopf.ConnectionInfo(**parts)  # type: ignore[arg-type]
+
+
+class KopfBackoffs:
+    """kopf's delays between retries of one API request: 1, 2, 4, 8, then 10 s, each jittered, without end.
+
+    kopf retries a request that found no API server (or a 429, 5xx or 403) with these delays, and
+    once they run out it gives up: by default after 54 s, and a watch that gives up on a 5xx is not
+    started again (its task ends: "Watcher for ... has failed"), so the operator would stop seeing
+    app changes. Without an end, each watch resumes within 10 s of the API server answering again;
+    a patch that waits holds only its own object's worker. Jittered, so the streams of many
+    replicas do not all come back in the same second. Iterated afresh for each request (not Sized:
+    kopf reads that as unlimited).
+    """
+
+    cap = 10.0
+
+    def __iter__(self) -> Iterator[float]:
+        delay = 1.0
+        while True:
+            yield delay * (0.5 + 0.5 * random.random())  # noqa: S311 - spreads retries, not cryptography
+            delay = min(self.cap, delay * 2)
 
 
 @kopf.on.startup()
@@ -186,6 +217,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
+    # An API server outage is transient for kopf's own requests too: retried without end (watches
+    # included), and an unanswered connect or request gives up in bounded time and is retried.
+    settings.networking.error_backoffs = KopfBackoffs()
+    settings.networking.connect_timeout = 10
+    settings.networking.request_timeout = 60
     settings.posting.level = logging.WARNING
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(
@@ -205,7 +241,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
     def drifting(namespace: str, name: str) -> None:
         # From a watch thread: an object the app applied changed, so the app checks for drift now.
-        loop.call_soon_threadsafe(wake, memo, namespace, name, Trigger.POLL)
+        loop.call_soon_threadsafe(wake_for_drift, memo, namespace, name)
 
     memo.wakeups = {}
     memo.routes = webhook.Routes()
@@ -242,7 +278,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         routes=memo.routes,
         wake=lambda ns, n: wake(memo, ns, n, Trigger.WEBHOOK),
     )
-    runner = web.AppRunner(app, access_log=None)
+    runner = webhook.make_runner(app)
     await runner.setup()
     await web.TCPSite(runner, config.webhook_host, config.webhook_port).start()
     memo.webhook_runner = runner
@@ -330,18 +366,22 @@ async def run_app(
     failures = 0
     trigger, force, woken_at = Trigger.POLL, False, float("-inf")
     wrote = True  # the first attempt reads the app from the API; see below
+    interval = _interval(dict(body))  # the last one read: kept while the app itself cannot be read
+    unreachable_since = ""  # when an attempt first found the API server unreachable ("": it answered)
     log = logs.audit().bind(app=f"{namespace}/{name}")
     try:
         while not stopped:
             started = time.perf_counter()
+            attempted_at = services.now()
             current: dict[str, Any] | None = None
             try:
                 # kopf's body is a live view of the app, kept current by its watch: an attempt that
                 # follows one that wrote nothing reads it for free (a push to a repository that a
-                # thousand apps read wakes them all). After an attempt that wrote status, the app is
+                # thousand apps read wakes them all). After an attempt that wrote status, or one that
+                # could not reach the API server (kopf's watch may still be catching up), the app is
                 # read from the API, so a decision never rests on a status older than the
                 # operator's own last write.
-                if wrote:
+                if wrote or unreachable_since:
                     current = await pools.run(namespace, functools.partial(services.operator.get, ref))
                 else:
                     # A snapshot, not a copy: kopf replaces the body it holds with each event's new
@@ -352,8 +392,13 @@ async def run_app(
                 interval = _interval(current)
                 # Woken (webhook, request, spec change): only a head checked since then will do.
                 fresher_than = max(woken_at, time.monotonic() - interval)
-                outcome = await _reconcile(
-                    memo, current, trigger=trigger, force=force, fresher_than=fresher_than
+                outcome = await _attempt(
+                    memo,
+                    current,
+                    unreachable_since=unreachable_since,
+                    trigger=trigger,
+                    force=force,
+                    fresher_than=fresher_than,
                 )
             except (GitwardError, APIError) as error:  # status could not be written: retry with backoff
                 log.warning("reconcile error", error=str(error))
@@ -367,17 +412,152 @@ async def run_app(
                 reason = Reason.RECONCILE_ERROR
                 outcome = Outcome(Action.DEPLOY, reason, ready=False, retry_after=30)
             _observe(namespace, name, outcome, time.perf_counter() - started)
-            wrote = outcome.action is not Action.SKIP
-            interval = _interval(current) if current else 60.0
+            wrote = outcome.action is not Action.SKIP or bool(unreachable_since)
+            unreachable_since = (unreachable_since or attempted_at) if _unreachable(outcome) else ""
             failures = failures + 1 if outcome.retry_after is not None else 0
             jitter = random.random()  # noqa: S311 - spreads polls apart, not cryptography
-            delay = next_delay(
+            delay = retry_delay(
                 interval=interval, retry_after=outcome.retry_after, failures=failures, jitter=jitter
             )
             trigger, force, woken_at = await _sleep(pending, stopped, delay)
     finally:
         memo.wakeups.pop((namespace, name), None)
         memo.routes.forget((namespace, name))
+
+
+def retry_delay(*, interval: float, retry_after: float | None, failures: int, jitter: float) -> float:
+    """Seconds until the next attempt: :func:`next_delay`, with a retry's backoff jittered too.
+
+    A poll is already spread over up to 10% past the interval. A retry is "equal jitter": between
+    half and all of the backoff, so apps that failed together (an API server outage fails every app at
+    once) do not all come back in the same second, and none later than its interval.
+    """
+    delay = next_delay(interval=interval, retry_after=retry_after, failures=failures, jitter=jitter)
+    if retry_after is None:
+        return delay
+    return delay * (0.5 + 0.5 * jitter)
+
+
+def _unreachable(outcome: Outcome) -> bool:
+    """Whether an attempt ended as the API server did not answer (a skip only echoes the stored Ready)."""
+    return outcome.reason is Reason.API_UNAVAILABLE and outcome.action not in (Action.SKIP, Action.HOLD)
+
+
+def unknown_since(
+    conditions: Sequence[Mapping[str, Any]], since: str, *, generation: int | None, now: str
+) -> list[dict[str, object]]:
+    """The app's conditions with Ready ``Unknown``, ``APIUnavailable``: unknown since ``since``."""
+    message = (
+        f"the Kubernetes API server did not answer from {since}; the app's state is unknown "
+        "until a reconcile completes"
+    )
+    ready = Condition(ConditionType.READY, Status.UNKNOWN, Reason.API_UNAVAILABLE, message, generation)
+    return merge_conditions(conditions, [ready], now=now)
+
+
+def restored_ready(
+    conditions: Sequence[Mapping[str, Any]],
+    marker: Mapping[str, Any],
+    replaced: Mapping[str, Any],
+    *,
+    now: str,
+) -> list[dict[str, object]] | None:
+    """The conditions with ``replaced`` back as Ready, if Ready is still ``marker``; else None.
+
+    After an outage Ready was set ``Unknown`` (``marker``) before the attempt. An attempt that
+    decided nothing changed (skip, hold) writes no condition, so the Ready it found before the
+    outage (``replaced``) stands again, with a new transition time if its status differs. An
+    attempt that wrote its own Ready, or a ``replaced`` that was itself ``APIUnavailable`` (it says
+    nothing more), leaves the conditions as they are.
+    """
+    ready = next((c for c in conditions if c.get("type") == ConditionType.READY), None)
+    if ready is None or any(ready.get(key) != marker.get(key) for key in ("status", "reason", "message")):
+        return None
+    if replaced.get("reason") == Reason.API_UNAVAILABLE:
+        return None
+    try:
+        condition = Condition(
+            ConditionType.READY,
+            Status(str(replaced.get("status"))),
+            Reason(str(replaced.get("reason"))),
+            str(replaced.get("message") or ""),
+            _int_or_none(replaced.get("observedGeneration")),
+        )
+    except ValueError:  # a Ready someone else wrote: nothing gitward can stand behind
+        return None
+    return merge_conditions(conditions, [condition], now=now)
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def _ready_of(app: Mapping[str, Any]) -> dict[str, Any] | None:
+    for condition in (app.get("status") or {}).get("conditions") or ():
+        if isinstance(condition, Mapping) and condition.get("type") == ConditionType.READY:
+            return dict(condition)
+    return None
+
+
+async def _attempt(
+    memo: kopf.Memo,
+    app: dict[str, Any],
+    *,
+    unreachable_since: str,
+    trigger: Trigger,
+    force: bool,
+    fresher_than: float,
+) -> Outcome:
+    """One attempt; the first after the API server did not answer writes Ready ``Unknown`` first.
+
+    The previous attempt could not write the app's status, so nothing in it can be trusted to be
+    current: Ready says so (``APIUnavailable``, since when) until this attempt completes and writes
+    its own. An attempt that finds nothing new writes no condition; the Ready from before the outage
+    is then put back.
+    """
+    if not unreachable_since:
+        return await _reconcile(memo, app, trigger=trigger, force=force, fresher_than=fresher_than)
+    services: Services = memo.services
+    pools: Pools = memo.pools
+    metadata = app.get("metadata") or {}
+    ref = ObjectRef(
+        GROUP,
+        VERSION,
+        resources.APP.kind,
+        str(metadata.get("namespace") or ""),
+        str(metadata.get("name") or ""),
+    )
+    replaced = _ready_of(app)
+    conditions = unknown_since(
+        list((app.get("status") or {}).get("conditions") or ()),
+        unreachable_since,
+        generation=_int_or_none(metadata.get("generation")),
+        now=services.now(),
+    )
+    patch = {"status": {"conditions": conditions}}
+    app = await pools.run(
+        ref.namespace, functools.partial(services.operator.merge_patch, ref, patch, subresource="status")
+    )
+    marker = _ready_of(app) or {}
+    outcome = await _reconcile(memo, app, trigger=trigger, force=force, fresher_than=fresher_than)
+    if _unreachable(outcome) or replaced is None:
+        return outcome
+
+    def put_back() -> Outcome:
+        stored = services.operator.get(ref)
+        if stored is None:
+            return outcome
+        restored = restored_ready(
+            list((stored.get("status") or {}).get("conditions") or ()), marker, replaced, now=services.now()
+        )
+        if restored is None:
+            return outcome
+        services.operator.merge_patch(ref, {"status": {"conditions": restored}}, subresource="status")
+        return replace(
+            outcome, reason=Reason(str(replaced["reason"])), ready=replaced.get("status") == Status.TRUE
+        )
+
+    return await pools.run(ref.namespace, put_back)
 
 
 async def _reconcile(

@@ -24,9 +24,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gitward.api.conditions import Reason
 from gitward.api.refs import ObjectRef
 from gitward.apply import health
 from gitward.apply.run import observed
+from gitward.errors import Waiting
 from gitward.kube.objects import APIError, Objects
 from gitward.kube.watching import Key, ObjectWatches
 
@@ -83,6 +85,13 @@ class WatchedHealth:
                 try:
                     statuses[ref] = observed(self.objects.get(ref), targets[ref])
                 except APIError as error:
+                    if error.status in (0, 429) or error.status >= 500:  # noqa: PLR2004 - HTTP classes
+                        # No answer says nothing of the workload: not a HealthTimeout (and a rollback).
+                        raise Waiting(
+                            Reason.API_UNAVAILABLE,
+                            f"reading {ref} for its health: {error.message}",
+                            retry_after=15,
+                        ) from None
                     statuses[ref] = health.HealthStatus(health.Health.MISSING, error.message)
         return statuses
 

@@ -18,21 +18,36 @@ once and then served from memory for as long as a watch on it is live:
 
 Cached Secret data stays in this process's memory, where the uncached
 reader held it for a reconcile anyway; it is never logged.
+
+A watch that fails is started again after a jittered backoff: at most
+:data:`RETRY_CAP` seconds when the API server did not answer (or answered
+429 or 5xx), so after an outage reads are cached again within seconds;
+up to :data:`REFUSED_CAP` when it refused the watch (no permission there:
+reads stay uncached, never wrong). Every request has a client-side
+timeout, so a connection the API server left hanging cannot keep a watch
+"live" on events that no longer come.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from kubernetes import client, watch
+from kubernetes.client import ApiException
+from urllib3.exceptions import HTTPError
 
 from gitward.kube.reads import KubeReader
 
 _LOG = logging.getLogger(__name__)
 _WATCH_SECONDS = 300
+_CONNECT_SECONDS = 10
+RETRY_CAP = 8.0  # seconds, at most, before a watch the API server did not answer is started again
+REFUSED_CAP = float(_WATCH_SECONDS)  # ... and one it refused
+_TRANSIENT = frozenset({429, 500, 502, 503, 504})
 
 
 class _NamespaceWatch:
@@ -60,21 +75,25 @@ class _NamespaceWatch:
     def _run(self) -> None:
         failures = 0
         while not self.stopping.is_set():
+            cap = RETRY_CAP
             try:
                 for _ in self._events():
                     failures = 0
                     if self.stopping.is_set():
                         break
+                else:
+                    failures = 0  # the server ended the watch at its timeout: it was established
             except Exception as error:  # noqa: BLE001 - a broken watch is restarted, never fatal
                 failures += 1
+                cap = RETRY_CAP if _transient(error) else REFUSED_CAP
                 _LOG.debug("watch in %s ended: %s", self.namespace, type(error).__name__)
             self.live.clear()
             self.on_event(self.namespace, "")  # drop everything from this namespace before trusting it again
             # A watch that is refused (no permission there) backs off: reads stay uncached, never wrong.
-            self.stopping.wait(min(_WATCH_SECONDS, 2.0 ** min(failures, 8)))
+            self.stopping.wait(retry_delay(failures, cap=cap, jitter=random.random()))  # noqa: S311
 
     def _events(self) -> Iterator[None]:
-        listing = self.list_call(self.namespace, limit=1)
+        listing = self.list_call(self.namespace, limit=1, _request_timeout=(_CONNECT_SECONDS, 60))
         version = listing.metadata.resource_version
         self.watcher = watch.Watch()
         stream = self.watcher.stream(
@@ -83,6 +102,9 @@ class _NamespaceWatch:
             resource_version=version,
             timeout_seconds=_WATCH_SECONDS,
             allow_watch_bookmarks=True,
+            # The server ends the watch after _WATCH_SECONDS; a connection it left hanging is given up
+            # soon after, rather than kept "live" for ever on events that no longer come.
+            _request_timeout=(_CONNECT_SECONDS, _WATCH_SECONDS + 30),
         )
         self.live.set()
         for event in stream:
@@ -91,6 +113,22 @@ class _NamespaceWatch:
             if event.get("type") != "BOOKMARK" and name:
                 self.on_event(self.namespace, name)
             yield None
+
+
+def _transient(error: Exception) -> bool:
+    """No answer from the API server (a transport error), or one that says to come back: 429, 5xx."""
+    if isinstance(error, ApiException):
+        return not error.status or int(error.status) in _TRANSIENT
+    return isinstance(error, HTTPError | OSError)
+
+
+def retry_delay(failures: int, *, cap: float, jitter: float) -> float:
+    """Seconds before a watch starts again: 1 s after it ended, doubled per failure in a row, up to ``cap``.
+
+    Jittered (between half and all of it, from ``jitter`` in [0, 1)), so the watches of every
+    namespace, broken by one outage, do not all come back in the same second.
+    """
+    return min(cap, 2.0 ** min(failures, 16)) * (0.5 + 0.5 * jitter)
 
 
 class CachedReader(KubeReader):

@@ -441,4 +441,7 @@ class LeaderElector:
             raise APIError(0, f"cannot reach the API server: {type(error).__name__}") from None
         if not 200 <= response.status <= 299:  # noqa: PLR2004 - the HTTP success range
             raise APIError.from_response(response.status, data, response.reason)
-        return json.loads(data) if data else {}
+        try:
+            return json.loads(data) if data else {}
+        except ValueError:  # an answer cut short or garbled on the way: no answer, tried again
+            raise APIError(0, "the API server's answer was not JSON") from None

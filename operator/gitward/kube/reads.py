@@ -23,6 +23,9 @@ from gitward.errors import Stalled, Waiting
 _NOT_FOUND = 404
 
 
+_TIMEOUT = (10, 60)  # connect, read: a hung API server must not hold a reconcile's thread
+
+
 class KubeReader:
     """Reads through one API client (the operator's own identity)."""
 
@@ -34,7 +37,7 @@ class KubeReader:
         """The ``GitOpsTenant`` body, or ``Stalled(TenantNotFound)``."""
         try:
             body = client.CustomObjectsApi(self.api).get_cluster_custom_object(
-                resources.GROUP, resources.VERSION, resources.TENANT.plural, name
+                resources.GROUP, resources.VERSION, resources.TENANT.plural, name, _request_timeout=_TIMEOUT
             )
         except ApiException as error:
             if error.status == _NOT_FOUND:
@@ -53,7 +56,9 @@ class KubeReader:
     def key_config_map(self, name: str) -> Mapping[str, str]:
         """The data of a trusted-key ConfigMap in the operator's namespace."""
         try:
-            config_map = client.CoreV1Api(self.api).read_namespaced_config_map(name, self.operator_namespace)
+            config_map = client.CoreV1Api(self.api).read_namespaced_config_map(
+                name, self.operator_namespace, _request_timeout=_TIMEOUT
+            )
         except ApiException as error:
             if error.status == _NOT_FOUND:
                 raise Stalled(
@@ -73,7 +78,9 @@ class KubeReader:
     def secret_data(self, namespace: str, name: str) -> Mapping[str, bytes]:
         """The decoded data of a Secret in the app's namespace."""
         try:
-            secret = client.CoreV1Api(self.api).read_namespaced_secret(name, namespace)
+            secret = client.CoreV1Api(self.api).read_namespaced_secret(
+                name, namespace, _request_timeout=_TIMEOUT
+            )
         except ApiException as error:
             if error.status == _NOT_FOUND:
                 raise Stalled(

@@ -9,12 +9,16 @@ start on the first subscription in their namespace and stop once nobody
 has listened for :data:`IDLE_SECONDS`, so namespaces nobody deploys to
 cost nothing. A watch that ends or fails forgets its summaries (callers
 then see "unknown" and wait, or read directly), relists and resumes; it
-is never fatal.
+is never fatal. A watch that failed retries with a jittered backoff of at
+most :data:`RETRY_CAP` seconds (an API server that did not answer) or
+:data:`REFUSED_CAP` (one that refused it), so after an outage every watch
+is back within seconds, and a thousand of them not all in the same one.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -26,6 +30,10 @@ T = TypeVar("T")
 Key = tuple[str, str, str]  # apiVersion, kind, namespace
 IDLE_SECONDS = 120.0
 WATCH_SECONDS = 60
+RETRY_CAP = 8.0  # seconds, at most, before a watch the API server did not answer is tried again
+REFUSED_CAP = 30.0  # ... and one it refused (anything but no answer, 429 or 5xx)
+_TRANSIENT = frozenset({0, 429, 500, 502, 503, 504})
+_GONE = 410
 _LOG = logging.getLogger(__name__)
 
 
@@ -44,6 +52,7 @@ class _Watch(Generic[T]):
         api_version, kind, namespace = self.key
         objects, summarize, lock = self.owner.objects, self.owner.summarize, self.owner.lock
         while not self.owner.stopping.is_set():
+            cap = RETRY_CAP
             try:
                 items, version = objects.list_at(api_version, kind, namespace)
                 with lock:
@@ -64,18 +73,20 @@ class _Watch(Generic[T]):
                         version = self._apply(event) or version
                     if self._idle():
                         return
-            except APIError as error:
+            except APIError as error:  # also 410, a version too old: relisted within half a second
                 failures += 1
+                cap = RETRY_CAP if error.status in _TRANSIENT or error.status == _GONE else REFUSED_CAP
                 _LOG.debug("watch of %s in %s ended: %s", kind, namespace, error)
             except Exception:  # noqa: BLE001 - a broken watch is restarted, never fatal
                 failures += 1
+                cap = REFUSED_CAP
                 _LOG.exception("watch of %s in %s failed", kind, namespace)
             with lock:
                 self.synced = False
                 self.summaries = {}
             if self._idle():
                 return
-            self.owner.stopping.wait(min(30.0, 0.5 * 2.0 ** min(failures, 6)))
+            self.owner.stopping.wait(retry_delay(failures, cap=cap, jitter=random.random()))  # noqa: S311
 
     def _apply(self, event: Mapping[str, Any]) -> str:
         body = event.get("object") or {}
@@ -104,6 +115,18 @@ class _Watch(Generic[T]):
                 return False
             self.owner.watches.pop(self.key, None)
             return True
+
+
+def retry_delay(failures: int, *, cap: float, jitter: float) -> float:
+    """Seconds before a failed watch is listed again: 0.5, 1, 2, 4 ... up to ``cap``, jittered.
+
+    ``failures`` counts the attempts that failed in a row; ``jitter`` is a number in [0, 1) from
+    the caller: between half and all of the backoff is waited, so watches that failed together
+    come back spread out.
+    """
+    if failures <= 0:
+        return 0.0
+    return min(cap, 0.5 * 2.0 ** (failures - 1)) * (0.5 + 0.5 * jitter)
 
 
 class ObjectWatches(Generic[T]):
