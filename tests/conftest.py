@@ -21,20 +21,14 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from gitward.kube import clients
-from support.kube import temporary_namespace
+from support.kube import hack_cluster, temporary_namespace
 from support.paths import CLUSTER, CRDS
 from support.signing import stop_gpg_agents
 from support.waiting import wait_until
 
 
 def _cluster(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(CLUSTER), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
+    return hack_cluster(*args, timeout=1800)  # the first `up` builds the control plane
 
 
 @pytest.fixture(scope="session")

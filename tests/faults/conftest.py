@@ -1,3 +1,3 @@
 """The fault tier kills and restarts operator processes; it shares the e2e tier's fixtures."""
 
-from support.fixtures import git_server, operator_namespace  # noqa: F401 - fixtures
+from support.fixtures import git_server, operator, operator_args, operator_namespace, world  # noqa: F401 - fixtures

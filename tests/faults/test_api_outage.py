@@ -41,9 +41,8 @@ import yaml
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
-from gitward.api import resources
 from support.kube import Outage, ReadyHistory, api_server_stopped, paused
-from support.operator import WEBHOOK_SECRET, OperatorProcess, World, applied, push_payload
+from support.operator import WEBHOOK_SECRET, OperatorProcess, World, applied, push_payload, remove
 from support.pipeline import RESTRICTED_POD, configmap
 from support.waiting import wait_until
 
@@ -181,16 +180,6 @@ def assert_nothing_crashed(operator: OperatorProcess) -> None:
     log = operator.log.read_text(errors="replace").splitlines()
     crashes = [line for line in log if CRASHES.search(line)]
     assert not crashes, "\n".join(crashes[:20])
-
-
-def remove(world: World) -> None:
-    """Take the app's finalizer off (the operator may be gone), then delete the world."""
-    with contextlib.suppress(client.ApiException):
-        client.CustomObjectsApi(world.admin).patch_namespaced_custom_object(
-            resources.GROUP, resources.VERSION, world.namespace, "gitopsapps", "web",
-            {"metadata": {"finalizers": None}},
-        )  # fmt: skip
-    world.cleanup()
 
 
 @pytest.mark.timeout(480)

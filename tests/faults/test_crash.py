@@ -38,13 +38,6 @@ NODE = "kwok-node-0"
 
 
 @pytest.fixture
-def world(tmp_path, admin, git_server, operator_namespace, crds):
-    created = World(tmp_path, admin, git_server, operator_namespace)
-    yield created
-    created.cleanup()
-
-
-@pytest.fixture
 def node_label(admin, world) -> Iterator[str]:
     """A label no node has until the test sets it (removed afterwards, also when the test fails)."""
     key = f"gitward.dev/test-{world.id}"
@@ -54,7 +47,7 @@ def node_label(admin, world) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def operator(kubeconfig: Path, namespace: str, root: Path, name: str) -> Iterator[OperatorProcess]:
+def running(kubeconfig: Path, namespace: str, root: Path, name: str) -> Iterator[OperatorProcess]:
     process = OperatorProcess(kubeconfig, namespace, root / "cache", root / f"{name}.log")
     with process:
         yield process
@@ -113,12 +106,12 @@ def start_world(world: World, label: str) -> tuple[str, str]:
 def test_killed_between_apply_and_record_the_same_commit_completes_with_one_record(
     kubeconfig, operator_namespace, world, node_label, admin, tmp_path
 ):
-    with operator(kubeconfig, operator_namespace, tmp_path, "first") as process:
+    with running(kubeconfig, operator_namespace, tmp_path, "first") as process:
         first, second = start_world(world, node_label)
         kill_during_the_health_wait(world, process, second)
 
     client.CoreV1Api(admin).patch_node(NODE, {"metadata": {"labels": {node_label: "yes"}}})
-    with operator(kubeconfig, operator_namespace, tmp_path, "second"):
+    with running(kubeconfig, operator_namespace, tmp_path, "second"):
         applied(world, second, timeout=120)
         status = world.status()
     assert "applying" not in status
@@ -133,7 +126,7 @@ def test_killed_between_apply_and_record_the_same_commit_completes_with_one_reco
 def test_killed_between_apply_and_record_a_later_commit_prunes_what_the_interrupted_apply_added(
     kubeconfig, operator_namespace, world, node_label, tmp_path
 ):
-    with operator(kubeconfig, operator_namespace, tmp_path, "first") as process:
+    with running(kubeconfig, operator_namespace, tmp_path, "first") as process:
         first, second = start_world(world, node_label)
         kill_during_the_health_wait(world, process, second)
 
@@ -141,7 +134,7 @@ def test_killed_between_apply_and_record_a_later_commit_prunes_what_the_interrup
     world.work.git("rm", "-q", "deploy/extra.yaml", "deploy/slow.yaml")
     third = world.work.commit(message="back to the base", sign=world.signer)
     world.work.push()
-    with operator(kubeconfig, operator_namespace, tmp_path, "second"):
+    with running(kubeconfig, operator_namespace, tmp_path, "second"):
         applied(world, third, timeout=120)
         status = world.status()
     assert "applying" not in status

@@ -29,20 +29,6 @@ from support.waiting import wait_until
 pytestmark = pytest.mark.cluster
 
 
-@pytest.fixture(scope="module")
-def operator(kubeconfig, crds, operator_namespace, tmp_path_factory):
-    root = tmp_path_factory.mktemp("drift-operator")
-    with OperatorProcess(kubeconfig, operator_namespace, root / "cache", root / "operator.log") as process:
-        yield process
-
-
-@pytest.fixture
-def world(tmp_path, admin, git_server, operator_namespace, crds):
-    created = World(tmp_path, admin, git_server, operator_namespace)
-    yield created
-    created.cleanup()
-
-
 def annotated(manifest: str, **annotations: str) -> str:
     body = yaml.safe_load(manifest)
     body["metadata"]["annotations"] = {**(body["metadata"].get("annotations") or {}), **annotations}

@@ -25,13 +25,12 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from gitward.api import resources
 from gitward.kube.leases import Record
 from gitward.shards import Shard
 from support.gitservers import free_port
 from support.kube import read_lease
 from support.metrics import reconcile_count, wait_for_reconciles
-from support.operator import OperatorProcess, World, applied
+from support.operator import OperatorProcess, World, applied, remove
 from support.pipeline import configmap
 from support.waiting import wait_until
 
@@ -92,16 +91,6 @@ def push(world: World, value: str) -> str:
 
 def commits_on_record(world: World) -> list[tuple[str, str]]:
     return [(r["spec"]["commit"], r["spec"]["outcome"]) for r in world.records()]
-
-
-def remove(world: World) -> None:
-    """Take the app's finalizer off (whichever process owned it may be gone), then delete the world."""
-    with contextlib.suppress(client.ApiException):
-        client.CustomObjectsApi(world.admin).patch_namespaced_custom_object(
-            resources.GROUP, resources.VERSION, world.namespace, "gitopsapps", "web",
-            {"metadata": {"finalizers": None}},
-        )  # fmt: skip
-    world.cleanup()
 
 
 def operator(kubeconfig: Path, namespace: str, root: Path, name: str, *flags: str) -> OperatorProcess:

@@ -78,13 +78,13 @@ def read_lease(admin: client.ApiClient, namespace: str, name: str) -> Record | N
     return Record.of(admin.sanitize_for_serialization(body))
 
 
-def hack_cluster(*args: str | Path) -> subprocess.CompletedProcess[str]:
+def hack_cluster(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run ``hack/cluster`` with these arguments (it prints its progress on stderr)."""
     return subprocess.run(
         [sys.executable, str(CLUSTER), *map(str, args)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         check=False,
     )
 

@@ -258,6 +258,16 @@ class World:
                 call()
 
 
+def remove(world: World) -> None:
+    """Take the app's finalizer off (the operator that owned it may be gone), then delete the world."""
+    with contextlib.suppress(client.ApiException):
+        client.CustomObjectsApi(world.admin).patch_namespaced_custom_object(
+            resources.GROUP, resources.VERSION, world.namespace, "gitopsapps", "web",
+            {"metadata": {"finalizers": None}},
+        )  # fmt: skip
+    world.cleanup()
+
+
 def push_payload(world: World, commit: str) -> bytes:
     """A GitHub-style push event: only "look now"; gitward never trusts its content."""
     return json.dumps({"ref": "refs/heads/main", "after": commit, "repository": {"name": world.id}}).encode()

@@ -80,6 +80,20 @@ async def exchange(
         writer.close()
 
 
+def exchanged(
+    sent: bytes, *, dribble: bytes = b"", every: float = 0.0
+) -> tuple[bytes, float, list[tuple[str, str]]]:
+    """:func:`exchange` with a server of its own: what came back, when, and the apps it woke."""
+    woken: list[tuple[str, str]] = []
+
+    async def scenario() -> tuple[bytes, float]:
+        async with served(woken) as port:
+            return await exchange(port, sent, dribble=dribble, every=every)
+
+    received, elapsed = asyncio.run(scenario())
+    return received, elapsed, woken
+
+
 @pytest.mark.parametrize(
     "sent",
     [
@@ -93,13 +107,7 @@ async def exchange(
 )
 def test_a_body_that_never_comes_is_408_and_the_connection_closed(sent):
     """On a known route the body is awaited: not all there within the body timeout, 408 and closed at once."""
-    woken: list[tuple[str, str]] = []
-
-    async def scenario():
-        async with served(woken) as port:
-            return await exchange(port, sent)
-
-    received, elapsed = asyncio.run(scenario())
+    received, elapsed, woken = exchanged(sent)
     assert received.startswith(b"HTTP/1.1 408 "), received
     assert b"Connection: close" in received
     assert LATE * 0.8 <= elapsed < LATE + SLACK  # and read() returned: the server closed the connection
@@ -108,14 +116,8 @@ def test_a_body_that_never_comes_is_408_and_the_connection_closed(sent):
 
 def test_a_body_sent_a_byte_at_a_time_is_bounded_as_a_whole():
     """The timeout is for the whole body, not between bytes: a client that trickles it cannot hold the port."""
-    woken: list[tuple[str, str]] = []
-
-    async def scenario():
-        async with served(woken) as port:
-            sent = head(ROUTE, b"Content-Length: %d" % len(BODY), b"X-Hub-Signature-256: " + SIGNATURE)
-            return await exchange(port, sent, dribble=BODY, every=LATE / 10)
-
-    received, elapsed = asyncio.run(scenario())
+    sent = head(ROUTE, b"Content-Length: %d" % len(BODY), b"X-Hub-Signature-256: " + SIGNATURE)
+    received, elapsed, woken = exchanged(sent, dribble=BODY, every=LATE / 10)
     assert received.startswith(b"HTTP/1.1 408 "), received
     assert elapsed < LATE + SLACK
     assert woken == []
@@ -123,19 +125,13 @@ def test_a_body_sent_a_byte_at_a_time_is_bounded_as_a_whole():
 
 def test_a_body_that_comes_in_time_is_read_whole():
     """A body in pieces, all there within the timeout, is read and authenticated like any other."""
-    woken: list[tuple[str, str]] = []
-
-    async def scenario():
-        async with served(woken) as port:
-            sent = head(
-                ROUTE,
-                b"Content-Length: %d" % len(BODY),
-                b"X-Hub-Signature-256: " + SIGNATURE,
-                b"Connection: close",
-            )
-            return await exchange(port, sent + BODY[:-3], dribble=BODY[-3:], every=LATE / 10)
-
-    received, elapsed = asyncio.run(scenario())
+    sent = head(
+        ROUTE,
+        b"Content-Length: %d" % len(BODY),
+        b"X-Hub-Signature-256: " + SIGNATURE,
+        b"Connection: close",
+    )
+    received, elapsed, woken = exchanged(sent + BODY[:-3], dribble=BODY[-3:], every=LATE / 10)
     assert received.startswith(b"HTTP/1.1 202 "), received
     assert elapsed < LATE + SLACK
     assert woken == [("team-a", "web")]
@@ -151,13 +147,7 @@ def test_a_body_that_comes_in_time_is_read_whole():
 )
 def test_a_request_head_that_never_ends_is_closed_after_the_idle_timeout(sent):
     """No whole request head within the idle timeout: the connection is closed (there is nothing to answer)."""
-    woken: list[tuple[str, str]] = []
-
-    async def scenario():
-        async with served(woken) as port:
-            return await exchange(port, sent)
-
-    received, elapsed = asyncio.run(scenario())
+    received, elapsed, woken = exchanged(sent)
     assert received == b""
     assert LATE * 0.8 <= elapsed < LATE + SLACK
     assert woken == []

@@ -127,6 +127,13 @@ def _selector(keys: Mapping[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in keys.items())
 
 
+def _decoded(raw: str) -> Any:  # noqa: ANN401 - a JSON value from a fieldsV1 key
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return _ABSENT
+
+
 def owned(fields: Mapping[str, Any], node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:  # noqa: ANN401
     """The leaves of a ``fieldsV1`` tree, as readable paths, with the object's values there.
 
@@ -145,12 +152,11 @@ def owned(fields: Mapping[str, Any], node: Any, prefix: str = "") -> Iterator[tu
             if isinstance(node, Mapping) and raw in node:
                 child = node[raw]
         elif kind == "k":
-            try:
-                wanted = json.loads(raw)
-            except ValueError:
+            wanted = _decoded(raw)
+            if not isinstance(wanted, Mapping):
                 continue
             path = f"{prefix}[{_selector(wanted)}]"
-            if isinstance(node, list) and isinstance(wanted, Mapping):
+            if isinstance(node, list):
                 child = next(
                     (
                         item
@@ -160,9 +166,8 @@ def owned(fields: Mapping[str, Any], node: Any, prefix: str = "") -> Iterator[tu
                     _ABSENT,
                 )
         elif kind == "v":
-            try:
-                value = json.loads(raw)
-            except ValueError:
+            value = _decoded(raw)
+            if value is _ABSENT:
                 continue
             path = f"{prefix}[{json.dumps(value, sort_keys=True)}]"
             child = value if isinstance(node, list) and value in node else _ABSENT
