@@ -143,6 +143,8 @@ def test_reported_drift_is_recorded_once_and_what_the_user_keeps_is_left_alone(o
             "deploy/settings.yaml": configmap("settings", key="from-git"),
             "deploy/mine.yaml": configmap("mine", key="from-git"),
             "deploy/web.yaml": annotated(deployment("web"), **{"gitward.dev/ignore-fields": "spec.replicas"}),
+            "deploy/api.yaml": deployment("api"),
+            "deploy/gone.yaml": configmap("gone", key="from-git"),
         },
         sign=world.signer,
     )
@@ -181,6 +183,22 @@ def test_reported_drift_is_recorded_once_and_what_the_user_keeps_is_left_alone(o
     )
     assert condition(world, "Drifted")["status"] == "False"
     assert len(drift_records(world)) == 1
+
+    # Scaled and deleted by hand: reported (each finding once), neither scaled back nor recreated.
+    scale(world, 3, name="api")
+    wait_until(lambda: len(drift_records(world)) == 2, timeout=60, what="the scale's report")
+    assert [(d["name"], d["fields"], d["managers"]) for d in drift_records(world)[1]["drift"]] == [
+        ("api", ["spec.replicas"], ["kubectl-scale (Update)"])
+    ]
+    client.CoreV1Api(world.admin).delete_namespaced_config_map("gone", world.namespace)
+    wait_until(lambda: len(drift_records(world)) == 3, timeout=60, what="the deletion's report")
+    assert ("gone", "deleted") in {(d["name"], d["action"]) for d in drift_records(world)[2]["drift"]}
+    wait_for_reconciles(operator, world, after=reconciles(operator, world), n=2, timeout=45)
+    assert len(drift_records(world)) == 3
+    assert replicas(world, "api") == 3
+    assert world.configmap("gone") is None
+    assert condition(world, "Drifted")["status"] == "True"
+    assert [s["outcome"] for s in specs(world)] == ["Applied", "Drifted", "Drifted", "Drifted"]
 
 
 def test_a_field_another_manager_owns_is_a_conflict_until_spec_force(operator, world):
