@@ -37,6 +37,7 @@ from gitward.apply.run import Applier, PollingHealth, unhealthy, workloads
 from gitward.errors import GitwardError
 from gitward.fence.baseline import TENANT_SERVICE_ACCOUNT
 from gitward.fence.ensure import ensure_namespace
+from gitward.kube.objects import APIError, classify
 from gitward.policy import foreign
 from gitward.policy.check import check
 from gitward.reconcile.resolve import resolve as resolve_app
@@ -218,6 +219,9 @@ def apply(run: Run) -> None:
     run.result = applier(run).apply(run.plan)
 
 
+_NOT_FOUND = 404
+
+
 def _note_applying(run: Run, inventory: tuple[ObjectRef, ...]) -> None:
     known = set(run.previous_inventory)
     added = [ref for ref in inventory if ref not in known]
@@ -230,9 +234,15 @@ def _note_applying(run: Run, inventory: tuple[ObjectRef, ...]) -> None:
         started_at=run.started,
         inventory=tuple(dict.fromkeys((*pending, *added))),
     )
-    run.services.operator.merge_patch(
-        run.ref, {"status": {"applying": applying.to_status()}}, subresource="status"
-    )
+    try:
+        run.services.operator.merge_patch(
+            run.ref, {"status": {"applying": applying.to_status()}}, subresource="status"
+        )
+    except APIError as error:
+        if error.status != _NOT_FOUND:
+            raise classify(error, ref=run.ref, dry_run=False) from None
+        # No such app object (deleted meanwhile, or a run for an app that only exists in memory):
+        # there is no status whose inventory a later prune would read, so nothing to note.
 
 
 def health(run: Run) -> None:
