@@ -232,7 +232,10 @@ def managers_of(live: Mapping[str, Any], paths: Sequence[str]) -> tuple[str, ...
 _VOLATILE = ("resourceVersion", "managedFields", "generation", "creationTimestamp", "uid")
 
 
-def _comparable(body: Mapping[str, Any]) -> dict[str, Any]:
+def comparable(body: Mapping[str, Any] | None) -> dict[str, Any]:
+    """An object without what the server changes on every write, to compare two versions of it."""
+    if body is None:
+        return {}
     clean = {k: v for k, v in body.items() if k != "status"}
     clean["metadata"] = {k: v for k, v in (body.get("metadata") or {}).items() if k not in _VOLATILE}
     return clean
@@ -288,7 +291,7 @@ def drifted(
         return None
     ignored = ignored_fields(manifest, live)
     fields = tuple(
-        p for p in differences(_comparable(would), _comparable(live)) if not _under(p, ignored) and p
+        p for p in differences(comparable(would), comparable(live)) if not _under(p, ignored) and p
     )
     if not fields:
         return None

@@ -42,7 +42,7 @@ from gitward.errors import GitwardError, Stalled, Waiting
 from gitward.kube.objects import APIError, Objects, classify
 from gitward.render.manifests import Manifest
 
-FIELD_MANAGER = "gitward"
+FIELD_MANAGER = drift.FIELD_MANAGER
 MAX_LISTED = 20
 LIST_FROM = 8  # objects of one kind in one namespace from which one LIST is cheaper than GETs
 T = TypeVar("T")
@@ -84,7 +84,7 @@ class Plan:
         live = self.existing.get(key)
         if live is None:
             return "create"
-        return "unchanged" if _comparable(self.would.get(key)) == _comparable(live) else "update"
+        return "unchanged" if drift.comparable(self.would.get(key)) == drift.comparable(live) else "update"
 
     @property
     def inventory(self) -> tuple[ObjectRef, ...]:
@@ -339,18 +339,6 @@ class Applier:
         return changes
 
 
-_VOLATILE = ("resourceVersion", "managedFields", "generation", "creationTimestamp", "uid")
-
-
-def _comparable(body: Mapping[str, Any] | None) -> dict[str, Any]:
-    """An object without what the server changes on every write, to compare two versions of it."""
-    if body is None:
-        return {}
-    clean = {k: v for k, v in body.items() if k != "status"}
-    clean["metadata"] = {k: v for k, v in (body.get("metadata") or {}).items() if k not in _VOLATILE}
-    return clean
-
-
 def _manages(live: Mapping[str, Any]) -> bool:
     """Whether gitward's field manager already owns fields of ``live`` through an apply."""
     entries = (live.get("metadata") or {}).get("managedFields") or ()
@@ -362,7 +350,7 @@ def _manages(live: Mapping[str, Any]) -> bool:
 
 def _settled(live: Mapping[str, Any], would: Mapping[str, Any] | None) -> bool:
     """Whether applying would change nothing: the dry-run's answer is the live object, already ours."""
-    return would is not None and _manages(live) and _comparable(would) == _comparable(live)
+    return would is not None and _manages(live) and drift.comparable(would) == drift.comparable(live)
 
 
 def _generation(body: Mapping[str, Any]) -> int:
