@@ -68,6 +68,12 @@ class Reason(enum.StrEnum):
     FORBIDDEN_KIND = "ForbiddenKind"
     POLICY_VIOLATION = "PolicyViolation"
     PLAINTEXT_SECRET = "PlaintextSecret"  # noqa: S105 - a reason name, not a secret
+    # Supply chain: images and encrypted secrets
+    IMAGE_NOT_ALLOWED = "ImageNotAllowed"  # a registry or repository the tenant's image policy does not list
+    IMAGE_NOT_PINNED = "ImageNotPinned"  # a tag where the policy requires a digest
+    IMAGE_UNSIGNED = "ImageUnsigned"  # no signature by a key the tenant trusts
+    IMAGE_UNAVAILABLE = "ImageUnavailable"  # the registry did not answer, or has no such image: retried
+    DECRYPTION_FAILED = "DecryptionFailed"  # a SOPS document the tenant's key cannot (or may not) decrypt
     # Apply and health
     DRY_RUN_FAILED = "DryRunFailed"
     APPLY_FORBIDDEN = "ApplyForbidden"
@@ -75,6 +81,7 @@ class Reason(enum.StrEnum):
     FIELD_CONFLICT = "FieldConflict"  # a field another field manager owns; spec.force takes it over
     EMPTY_SOURCE = "EmptySource"
     HEALTH_TIMEOUT = "HealthTimeout"
+    TEST_FAILED = "TestFailed"  # a test Job the revision declares failed (or did not finish in time)
     ROLLED_BACK = "RolledBack"
     ROLLBACK_NOT_ALLOWED = "RollbackNotAllowed"  # rollbackTo names a commit with no successful record
     SUSPENDED = "Suspended"

@@ -87,6 +87,13 @@ class DriftPolicy(enum.StrEnum):
     REPORT = "report"  # record it and set the Drifted condition; change nothing
 
 
+class TagPolicy(enum.StrEnum):
+    """What an image reference without a digest means under a tenant's image policy."""
+
+    FORBID = "forbid"  # ImageNotPinned: only ``image@sha256:...`` is deployed
+    RESOLVE = "resolve"  # the tag is resolved to its digest at apply; the digest is applied and recorded
+
+
 class ChangeAction(enum.StrEnum):
     """What an apply did to one object."""
 
@@ -127,6 +134,33 @@ class KeyRef:
 
 
 @dataclass(frozen=True, slots=True)
+class ImagePolicy:
+    """``spec.images``: where a tenant's images may come from, how pinned, and who must have signed them.
+
+    Signatures are cosign's, checked against public keys (PEM) in ConfigMaps of the operator's
+    namespace; ``verify`` is an object so a keyless identity (issuer, subject) can join the keys.
+    """
+
+    repositories: tuple[str, ...]  # globs over ``registry/repository`` (``ghcr.io/acme/*``)
+    tags: TagPolicy = TagPolicy.FORBID
+    keys_from: tuple[KeyRef, ...] = ()  # cosign public keys; none: signatures are not required
+    credentials_secret: str | None = None  # a kubernetes.io/dockerconfigjson Secret, operator's namespace
+    ca_from: KeyRef | None = None  # a ConfigMap whose ``ca.crt`` the registries' certificates chain to
+
+
+@dataclass(frozen=True, slots=True)
+class DecryptionSpec:
+    """``spec.decryption``: SOPS documents are decrypted with the age identities in one Secret.
+
+    The Secret lives in the operator's namespace, where only the admin writes: a tenant can
+    neither read it nor swap it, and no app can name another tenant's key.
+    """
+
+    secret: str
+    provider: str = "sops"
+
+
+@dataclass(frozen=True, slots=True)
 class FieldPolicy:
     """Fields of allowed kinds that reach outside the tenant, and the admin's opt-ins (``spec.policy``)."""
 
@@ -162,6 +196,8 @@ class TenantSpec:
     limit_range: Mapping[str, Any] = field(default_factory=dict)
     limits: Mapping[str, Any] = field(default_factory=dict)  # budgets: see gitward.api.budgets
     fields: FieldPolicy = FieldPolicy()
+    images: ImagePolicy | None = None  # None: no image gate
+    decryption: DecryptionSpec | None = None  # None: an encrypted document is DecryptionFailed
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,16 +286,13 @@ def parse_tenant_spec(spec: Mapping[str, Any]) -> TenantSpec:
             )
         )
     trust = _mapping(spec.get("trust"), "spec.trust")
-    keys = []
-    for index, raw in enumerate(trust.get("keysFrom") or ()):
-        ref = _mapping(_mapping(raw, f"spec.trust.keysFrom[{index}]").get("configMapRef"), "configMapRef")
-        keys.append(KeyRef(_required_str(ref, "name", f"spec.trust.keysFrom[{index}].configMapRef")))
+    keys = _config_map_refs(trust.get("keysFrom"), "spec.trust.keysFrom")
     policy = _mapping(spec.get("policy"), "spec.policy")
     isolation = _mapping(spec.get("isolation"), "spec.isolation")
     return TenantSpec(
         namespaces=tuple(Namespace(n) for n in _strings(spec.get("namespaces"), "spec.namespaces")),
         sources=tuple(sources),
-        keys_from=tuple(keys),
+        keys_from=keys,
         verify=_enum(VerifyMode, trust.get("verify"), VerifyMode.ALL, "spec.trust.verify"),
         require_fast_forward=bool(trust.get("requireFastForward", True)),
         allowed_kinds=_strings(policy.get("allowedKinds"), "spec.policy.allowedKinds"),
@@ -280,7 +313,50 @@ def parse_tenant_spec(spec: Mapping[str, Any]) -> TenantSpec:
         limit_range=_mapping(isolation.get("limitRange"), "spec.isolation.limitRange"),
         limits=_mapping(spec.get("limits"), "spec.limits"),
         fields=_field_policy(policy),
+        images=_image_policy(spec.get("images")),
+        decryption=_decryption(spec.get("decryption")),
     )
+
+
+def _config_map_refs(value: object, where: str) -> tuple[KeyRef, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, Sequence) or isinstance(value, str):
+        raise InvalidResourceError(f"{where} must be a list")
+    refs = []
+    for index, raw in enumerate(value):
+        ref = _mapping(_mapping(raw, f"{where}[{index}]").get("configMapRef"), "configMapRef")
+        refs.append(KeyRef(_required_str(ref, "name", f"{where}[{index}].configMapRef")))
+    return tuple(refs)
+
+
+def _image_policy(value: object) -> ImagePolicy | None:
+    if value is None:
+        return None
+    images = _mapping(value, "spec.images")
+    verify = _mapping(images.get("verify"), "spec.images.verify")
+    credentials = _mapping(images.get("credentialsRef"), "spec.images.credentialsRef")
+    ca_from = _mapping(
+        _mapping(images.get("caFrom"), "spec.images.caFrom").get("configMapRef"), "configMapRef"
+    )
+    return ImagePolicy(
+        repositories=_strings(images.get("repositories"), "spec.images.repositories"),
+        tags=_enum(TagPolicy, images.get("tags"), TagPolicy.FORBID, "spec.images.tags"),
+        keys_from=_config_map_refs(verify.get("keysFrom"), "spec.images.verify.keysFrom"),
+        credentials_secret=str(credentials["name"]) if credentials.get("name") else None,
+        ca_from=KeyRef(str(ca_from["name"])) if ca_from.get("name") else None,
+    )
+
+
+def _decryption(value: object) -> DecryptionSpec | None:
+    if value is None:
+        return None
+    decryption = _mapping(value, "spec.decryption")
+    provider = str(decryption.get("provider") or "sops")
+    if provider != "sops":
+        raise InvalidResourceError(f"spec.decryption.provider must be sops, not {provider!r}")
+    ref = _mapping(decryption.get("secretRef"), "spec.decryption.secretRef")
+    return DecryptionSpec(secret=_required_str(ref, "name", "spec.decryption.secretRef"), provider=provider)
 
 
 def _field_policy(policy: Mapping[str, Any]) -> FieldPolicy:

@@ -9,7 +9,7 @@ Everything else is healthy once it exists.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,13 @@ class HealthStatus:
 
     health: Health
     message: str = ""
+    final: bool = False  # it will not get better by waiting (a failed Job): a wait may end early
+
+    @staticmethod
+    def settled(statuses: Iterable[HealthStatus]) -> bool:
+        """Whether waiting is over: everything healthy, or something that will not recover."""
+        listed = list(statuses)
+        return all(s.health is Health.HEALTHY for s in listed) or any(s.final for s in listed)
 
 
 def _conditions(status: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
@@ -96,7 +103,8 @@ def _daemonset(obj: Mapping[str, Any]) -> HealthStatus:
 def _job(obj: Mapping[str, Any]) -> HealthStatus:
     conditions = _conditions(obj.get("status") or {})
     if conditions.get("Failed", {}).get("status") == "True":
-        return HealthStatus(Health.DEGRADED, f"job failed: {conditions['Failed'].get('message', '')}")
+        message = f"job failed: {conditions['Failed'].get('message', '')}"
+        return HealthStatus(Health.DEGRADED, message, final=True)
     if conditions.get("Complete", {}).get("status") == "True":
         return HealthStatus(Health.HEALTHY, "job complete")
     return HealthStatus(Health.PROGRESSING, "job running")

@@ -421,7 +421,7 @@ def wait_healthy(
                 statuses[ref] = observed(objects.get(ref), generation)
             except APIError as error:
                 statuses[ref] = health.HealthStatus(health.Health.MISSING, error.message)
-        if unhealthy(statuses, timeout) is None or clock() >= deadline:
+        if health.HealthStatus.settled(statuses.values()) or clock() >= deadline:
             return statuses
         sleep(interval)
 

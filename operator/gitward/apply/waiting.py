@@ -101,8 +101,8 @@ class WatchedHealth:
         return [self.watches.subscribe(_key(ref), ref.name, changed) for ref in targets]
 
     @staticmethod
-    def _healthy(statuses: Mapping[ObjectRef, health.HealthStatus]) -> bool:
-        return all(s.health is health.Health.HEALTHY for s in statuses.values())
+    def _settled(statuses: Mapping[ObjectRef, health.HealthStatus]) -> bool:
+        return health.HealthStatus.settled(statuses.values())
 
     def wait(self, targets: Mapping[ObjectRef, int], *, timeout: float) -> Statuses:
         """Block until every target is healthy, or until ``timeout`` (the HealthWaiter protocol)."""
@@ -112,7 +112,7 @@ class WatchedHealth:
         unsubscribe = self._subscribe(targets, changed.set)
         deadline = self._clock() + timeout
         try:
-            while not self._healthy(self.verdict(targets)):
+            while not self._settled(self.verdict(targets)):
                 left = deadline - self._clock()
                 if left <= 0:
                     break
@@ -136,7 +136,7 @@ class WatchedHealth:
         unsubscribe = self._subscribe(targets, changed_soon)
         deadline = self._clock() + seconds
         try:
-            while not self._healthy(self.verdict(targets)):
+            while not self._settled(self.verdict(targets)):
                 left = deadline - self._clock()
                 if left <= 0:
                     break
@@ -149,7 +149,7 @@ class WatchedHealth:
             for stop in unsubscribe:
                 stop()
         statuses = self.verdict(targets)
-        if self._healthy(statuses):
+        if self._settled(statuses):
             return statuses
         return await loop.run_in_executor(None, self._final, targets)
 

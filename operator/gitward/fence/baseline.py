@@ -103,6 +103,9 @@ def role_rules(kinds: Iterable[KindInfo]) -> list[dict[str, Any]]:
         {"apiGroups": [group], "resources": sorted(plurals), "verbs": list(TENANT_VERBS)}
         for group, plurals in sorted(by_group.items())
     ]
+    if any(info.key == "batch/Job" for info in kinds):
+        # A failed test Job's result: its pods and their log tails, read as the tenant.
+        rules.append({"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list"]})
     if any(info.key == "rbac.authorization.k8s.io/RoleBinding" for info in kinds):
         rules.append(
             {

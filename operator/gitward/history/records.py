@@ -25,6 +25,8 @@ from gitward.api.resources import Trigger
 
 APP_LABEL = "gitward.dev/app"
 SEQUENCE_LABEL = "gitward.dev/sequence"
+MAX_TESTS_RECORDED = 20
+MAX_IMAGES_RECORDED = 500
 
 
 class Outcome(enum.StrEnum):
@@ -60,6 +62,8 @@ class Attempt:
     changes: Sequence[Mapping[str, str]] = field(default_factory=tuple)
     notes: Sequence[str] = field(default_factory=tuple)  # what policy left out or ignored
     drift: Sequence[Mapping[str, Any]] = field(default_factory=tuple)  # what had drifted (trigger drift)
+    tests: Sequence[Mapping[str, str]] = field(default_factory=tuple)  # what the commit's test Jobs did
+    images: Sequence[Mapping[str, str]] = field(default_factory=tuple)  # image, digest, and who signed it
 
     def key(self, previous_digest: str = "") -> str:
         """Identifies the attempt across operator restarts.
@@ -131,6 +135,10 @@ def revision_body(attempt: Attempt, *, sequence: int, previous_digest: str) -> d
         spec["drift"] = [dict(d) for d in attempt.drift][:1000]
     if attempt.notes:
         spec["notes"] = [note[:1024] for note in attempt.notes][:100]
+    if attempt.tests:
+        spec["tests"] = [dict(t) for t in attempt.tests][:MAX_TESTS_RECORDED]
+    if attempt.images:
+        spec["images"] = [dict(i) for i in attempt.images][:MAX_IMAGES_RECORDED]
     return {
         "apiVersion": resources.API_VERSION,
         "kind": resources.REVISION.kind,

@@ -172,15 +172,19 @@ class Objects:
         query: list[tuple[str, str]] | None = None,
         body: object = None,
         content_type: str = "application/json",
+        text: bool = False,
     ) -> Any:  # noqa: ANN401 - raw JSON from the API server
-        """One request through the client's auth, TLS and connection pool; raises :class:`APIError`."""
+        """One request through the client's auth, TLS and connection pool; raises :class:`APIError`.
+
+        With ``text``, the answer is returned as text (a log), not parsed as JSON.
+        """
         method, url, headers, serialized, post_params = self.api.param_serialize(
             method=method,
             resource_path=path,
             query_params=query or [],
             header_params={
                 "Content-Type": content_type,
-                "Accept": "application/json",
+                "Accept": "*/*" if text else "application/json",
                 **({IMPERSONATE_USER_HEADER: self.impersonate} if self.impersonate else {}),
             },
             body=body,
@@ -211,6 +215,8 @@ class Objects:
                 continue
             if not 200 <= response.status <= 299:  # noqa: PLR2004 - the HTTP success range
                 raise APIError.from_response(response.status, data, response.reason)
+            if text:
+                return data.decode("utf-8", errors="replace")
             return json.loads(data) if data else {}
         raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
@@ -361,19 +367,34 @@ class Objects:
             raw.close()  # a watch left mid-stream cannot go back to the pool as a clean connection
             raw.release_conn()
 
-    def create(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+    def create(self, body: Mapping[str, Any], *, dry_run: bool = False) -> dict[str, Any] | None:
         """Create an object; None if one of that name already exists."""
         ref = ObjectRef.of(body)
         resource = self.resource(ref.api_version, ref.kind)
         try:
             created: dict[str, Any] = self._call(
-                "POST", resource.path(namespace=ref.namespace), body=dict(body)
+                "POST",
+                resource.path(namespace=ref.namespace),
+                query=[("dryRun", "All")] if dry_run else None,
+                body=dict(body),
             )
         except APIError as error:
             if error.status == _CONFLICT:
                 return None
             raise
         return created
+
+    def log_tail(self, namespace: str, pod: str, container: str, *, lines: int, max_bytes: int) -> str:
+        """The last ``lines`` lines of a container's log, at most ``max_bytes`` (the server cuts it)."""
+        resource = self.resource("v1", "Pod")
+        query = [
+            ("container", container),
+            ("tailLines", str(lines)),
+            ("limitBytes", str(max_bytes)),
+        ]
+        path = resource.path(namespace=namespace, name=pod) + "/log"
+        tail: str = self._call("GET", path, query=query, text=True)
+        return tail[:max_bytes]
 
     def merge_patch(
         self, ref: ObjectRef, patch: Mapping[str, Any], *, subresource: str = ""

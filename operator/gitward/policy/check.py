@@ -17,7 +17,7 @@ from typing import Any
 from gitward.api.conditions import Reason
 from gitward.api.resources import TenantSpec
 from gitward.errors import Stalled
-from gitward.policy import comply, fields, podsecurity
+from gitward.policy import comply, fields, hooks, podsecurity
 from gitward.policy.kinds import (
     KNOWN,
     NEVER_ALLOWED,
@@ -115,6 +115,8 @@ def _object_violations(
                 f"namespace {manifest.namespace!r} is not the target namespace {namespace!r}",
             )
         )
+    if (problem := hooks.hook_problem(manifest)) is not None:
+        found.append((Reason.POLICY_VIOLATION, problem))
     if manifest.name.startswith(RESERVED_PREFIX):
         found.append(
             (

@@ -35,7 +35,7 @@ from gitward.api.refs import ObjectRef
 from gitward.api.resources import DriftPolicy, Trigger
 from gitward.apply import drift
 from gitward.apply.health import HealthStatus
-from gitward.apply.run import identity, workloads
+from gitward.apply.run import PollingHealth, identity, workloads
 from gitward.errors import GitwardError, Stalled, Waiting
 from gitward.history import store
 from gitward.history.records import Attempt
@@ -47,7 +47,7 @@ from gitward.reconcile.decide import conditions_for_failure, conditions_from, co
 from gitward.reconcile.resolve import ResolvedApp, resolve
 from gitward.reconcile.state import Run, Services
 from gitward.reconcile.status import Action, Applying, Outcome, Step
-from gitward.reconcile.steps import run_steps
+from gitward.reconcile.steps import judge_tests, run_steps, start_tests
 
 _LOG = logging.getLogger(__name__)
 _NOTES_SHOWN = 10
@@ -75,6 +75,7 @@ class Parked:
     targets: dict[ObjectRef, int]
     timeout: float
     then: Callable[[], Finish | Parked]
+    tests: bool = False  # waiting for the commit's test Jobs, not its workloads
 
 
 def reconcile_app(
@@ -118,7 +119,10 @@ def begin(
 def resume(parked: Parked, seen: Mapping[ObjectRef, HealthStatus]) -> Outcome | Parked:
     """Finish a parked attempt with the health its workloads reached."""
     run = parked.run
-    run.health_seen = seen
+    if parked.tests:
+        run.tests_seen = seen
+    else:
+        run.health_seen = seen
     return _done(run, _guarded(run, parked.then))
 
 
@@ -229,7 +233,7 @@ def _deliver(
     except Stalled as error:
         return _refused(run, error, commit=commit, trigger=trigger, attempted=attempted)
 
-    def then() -> Finish:
+    def then() -> Finish | Parked:
         return _after_apply(run, trigger=trigger, attempted=attempted, extra=extra, success=success)
 
     assert run.result is not None  # noqa: S101 - the apply step ran
@@ -245,10 +249,29 @@ def _deliver(
 
 def _after_apply(
     run: Run, *, trigger: Trigger, attempted: str, extra: Mapping[str, Any], success: str
-) -> Finish:
-    """The health step, then the attempt's record and status."""
+) -> Finish | Parked:
+    """The health step, the commit's test Jobs if it declares any, then the attempt's record and status.
+
+    Test Jobs run only for a new revision (not for a drift correction of one whose tests passed),
+    with ``healthTimeout`` of their own; a parked attempt parks again while they run.
+    """
     try:
         run_steps(run, start=Step.HEALTH)
+        if run.tests and trigger is not Trigger.DRIFT:
+            if run.tests_seen is None:
+                targets = start_tests(run)
+                timeout = run.require_resolved().spec.health_timeout_seconds
+                if run.park:
+
+                    def then() -> Finish | Parked:
+                        return _after_apply(
+                            run, trigger=trigger, attempted=attempted, extra=extra, success=success
+                        )
+
+                    return Parked(run, targets, timeout, then, tests=True)
+                waiter = run.services.health or PollingHealth(run.services.operator)
+                run.tests_seen = waiter.wait(targets, timeout=timeout)
+            judge_tests(run)
     except Waiting as error:
         return _waiting(run, error)
     except Stalled as error:
@@ -319,7 +342,8 @@ def _unhealthy(run: Run, failure: Stalled, *, trigger: Trigger) -> Finish:
         )
     assert restored.rendered is not None and restored.result is not None  # noqa: S101, PT018
     _remember(restored, healthy)
-    message = f"{failed[:12]} failed its health check ({failure.message}); rolled back to {healthy[:12]}"
+    check = "its tests" if failure.reason is Reason.TEST_FAILED else "its health check"
+    message = f"{failed[:12]} failed {check} ({failure.message}); rolled back to {healthy[:12]}"
     rolled_back = _record_fields(restored, Trigger.AUTO_ROLLBACK) | {
         "outcome": RecordOutcome.ROLLED_BACK,
         "reason": Reason.ROLLED_BACK,
@@ -555,6 +579,8 @@ def _record_fields(run: Run, trigger: Trigger) -> dict[str, Any]:
         fields["changes"] = [change.to_record() for change in run.result.changes]
     if run.notes:
         fields["notes"] = list(run.notes)
+    if run.test_results:
+        fields["tests"] = [result.to_record() for result in run.test_results]
     return fields
 
 

@@ -24,6 +24,7 @@ from gitward.apply.drift import Drifted
 from gitward.apply.expected import Expectations
 from gitward.apply.health import HealthStatus
 from gitward.apply.run import ApplyResult, HealthWaiter, Plan
+from gitward.apply.testjobs import TestResult
 from gitward.history.store import History
 from gitward.kube.clients import ServiceAccountRef
 from gitward.kube.objects import Objects
@@ -100,6 +101,12 @@ class Run:
     # the health step then judges that instead of waiting itself.
     health_seen: Mapping[ObjectRef, HealthStatus] | None = None
     notes: Sequence[str] = ()  # what policy left out or ignored (manifests written for other tools)
+    # The commit's test Jobs (gitward.dev/hook: test), run after health; and what they did.
+    tests: Sequence[Manifest] = ()
+    tests_seen: Mapping[ObjectRef, HealthStatus] | None = None
+    test_results: Sequence[TestResult] = ()
+    # The commit's Secret values (in memory only): masked out of anything a record keeps.
+    secrets: frozenset[str] = frozenset()
     step: Step | None = None  # the step that ran last (the one that raised, on failure)
     # How this run differs from a plain deploy of the branch head
     target: str = ""  # a commit to roll back to, instead of the head

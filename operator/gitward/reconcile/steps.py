@@ -9,6 +9,7 @@
     dry_run   the tenant's fence, then every object as tenant  (fence, apply.run)
     apply     server-side apply as the tenant, then prune      (apply.run)
     health    every workload healthy within healthTimeout      (apply.run)
+    (tests)   the commit's test Jobs, after health               (apply.testjobs; run by reconcile.app)
 
 A step fails by raising a :class:`~gitward.errors.GitwardError` whose type
 says whether to retry and whose reason names the cause; nothing from a
@@ -32,8 +33,10 @@ from dataclasses import replace
 from gitward.api.conditions import Reason
 from gitward.api.refs import ObjectRef
 from gitward.api.resources import VerifyMode
+from gitward.apply import testjobs
 from gitward.apply.inventory import PruneGuard, owner_of
 from gitward.apply.run import Applier, PollingHealth, unhealthy, workloads
+from gitward.apply.testjobs import TestJobs
 from gitward.errors import GitwardError
 from gitward.fence.baseline import TENANT_SERVICE_ACCOUNT
 from gitward.fence.ensure import ensure_namespace
@@ -158,7 +161,9 @@ def policy(run: Run) -> None:
         raise RuntimeError("the render step has not run")
     sorted_out = foreign.sort_out(run.rendered.manifests, tenant_namespaces=resolved.tenant.namespaces)
     run.notes = (*_missing_path_note(run), *sorted_out.notes)
-    run.placed = check(sorted_out.kept, tenant=resolved.tenant, namespace=resolved.source.target_namespace)
+    placed = check(sorted_out.kept, tenant=resolved.tenant, namespace=resolved.source.target_namespace)
+    run.placed, run.tests = testjobs.split(placed)
+    run.secrets = testjobs.secret_values(placed)
 
 
 def _missing_path_note(run: Run) -> tuple[str, ...]:
@@ -192,6 +197,8 @@ def dry_run(run: Run) -> None:
     previous = run.previous_inventory if resolved.spec.prune else ()
     try:
         run.plan = applier(run).dry_run(run.placed, previous=previous, guard=guard)
+        if run.tests:
+            test_jobs(run).dry_run(run.tests, commit=run.target or run.head)
     except GitwardError as error:
         if error.reason is Reason.EMPTY_SOURCE:  # the guard, before any request: says nothing of the fence
             if _missing_path_note(run):
@@ -258,6 +265,31 @@ def health(run: Run) -> None:
     failure = unhealthy(run.health, timeout)
     if failure is not None:
         raise failure
+
+
+def test_jobs(run: Run) -> TestJobs:
+    """Runs the commit's test Jobs as the tenant's ServiceAccount in the target namespace."""
+    resolved = run.require_resolved()
+    tenant = run.services.as_tenant(resolved.source.target_namespace, TENANT_SERVICE_ACCOUNT)
+    return TestJobs(tenant, owner=owner_of(resolved.namespace, resolved.name))
+
+
+def start_tests(run: Run) -> dict[ObjectRef, int]:
+    """After health: the commit's test Jobs created (stale runs deleted first); what to wait for."""
+    commit = run.verified.commit if run.verified is not None else run.target or run.head
+    return test_jobs(run).start(
+        run.tests, namespace=run.require_resolved().source.target_namespace, commit=commit
+    )
+
+
+def judge_tests(run: Run) -> None:
+    """The test Jobs' results kept for the record; ``TestFailed`` unless every one succeeded."""
+    if run.tests_seen is None:
+        raise RuntimeError("the test Jobs have not been waited for")
+    run.test_results = test_jobs(run).results(run.tests_seen, secrets=run.secrets)
+    failed = testjobs.failure(run.test_results)
+    if failed is not None:
+        raise failed
 
 
 PIPELINE: tuple[tuple[Step, Callable[[Run], None]], ...] = (

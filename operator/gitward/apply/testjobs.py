@@ -1,0 +1,284 @@
+"""Test Jobs a revision declares: run as the tenant after the apply, before the revision counts as Healthy.
+
+A Job annotated ``gitward.dev/hook: test`` (Argo CD's PostSync hook, Flagger's acceptance test) is
+not applied with the rest of the commit. Once every workload is healthy, each test Job is created
+as the tenant's ServiceAccount, the previous run of the same Job first deleted (Argo CD's
+``BeforeHookCreation``: a Job's template is immutable, and a result must belong to this commit).
+The revision is Healthy only when every test Job completes; a Job that fails, or does not finish
+within ``healthTimeout``, is ``TestFailed`` and, with ``autoRollback``, brings back the last
+healthy revision.
+
+What a failed test leaves in the record is bounded and secret-free: the Job's own failure
+condition, and for each failed container a tail of its log (read as the tenant, at most
+:data:`LOG_LINES` lines and :data:`LOG_BYTES` bytes, cut by the API server) or, where the log
+cannot be read, its termination message (which ``terminationMessagePolicy: FallbackToLogsOnError``
+fills with the log's tail). Every value of the commit's Secrets is masked out of it first.
+
+Test Jobs are not in the app's inventory and not watched for drift: they run once per revision.
+Jobs of the app's tests that the commit no longer declares are deleted.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import copy
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from gitward.api.conditions import Reason
+from gitward.api.refs import ObjectRef
+from gitward.apply import health
+from gitward.apply.inventory import MANAGED_LABEL, OWNER_ANNOTATION
+from gitward.apply.run import FIELD_MANAGER
+from gitward.errors import Stalled, Waiting
+from gitward.kube.objects import APIError, Objects, classify
+from gitward.policy.hooks import is_test
+from gitward.render.manifests import Manifest
+
+REVISION_ANNOTATION: Final = "gitward.dev/revision"
+TEST_OF_LABEL: Final = "gitward.dev/test-of"  # a hash of the owning app: label values are short
+JOB_NAME_LABEL: Final = "batch.kubernetes.io/job-name"
+LOG_LINES: Final = 40
+LOG_BYTES: Final = 2048
+MAX_TESTS: Final = 20
+_MIN_SECRET_CHARS: Final = 4  # shorter values would mask ordinary words
+_DELETE_WAIT: Final = 60.0
+REDACTED: Final = "[redacted]"
+
+
+def split(manifests: Sequence[Manifest]) -> tuple[list[Manifest], list[Manifest]]:
+    """The objects applied with the commit, and its test Jobs."""
+    kept: list[Manifest] = []
+    tests: list[Manifest] = []
+    for manifest in manifests:
+        (tests if is_test(manifest.obj) else kept).append(manifest)
+    return kept, tests
+
+
+def test_of(owner: str) -> str:
+    """The label value that marks an app's test Jobs (owner strings are too long for a label)."""
+    return hashlib.sha256(owner.encode()).hexdigest()[:32]
+
+
+def secret_values(manifests: Iterable[Manifest]) -> frozenset[str]:
+    """Every value of the commit's Secrets, as written and decoded: what a log tail must not show."""
+    values: set[str] = set()
+    for manifest in manifests:
+        if (manifest.group, manifest.kind) != ("", "Secret"):
+            continue
+        for key in ("data", "stringData"):
+            entries = manifest.obj.get(key) or {}
+            if not isinstance(entries, Mapping):
+                continue
+            for raw in entries.values():
+                text = str(raw)
+                values.add(text)
+                if key == "data":
+                    with contextlib.suppress(ValueError):
+                        values.add(base64.b64decode(text, validate=True).decode("utf-8"))
+                else:
+                    values.add(base64.b64encode(text.encode()).decode())
+    return frozenset(v for v in values if len(v) >= _MIN_SECRET_CHARS)
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret value masked, longest first (a value may contain another)."""
+    for value in sorted(secrets, key=len, reverse=True):
+        text = text.replace(value, REDACTED)
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class TestResult:
+    """What one test Job did, as a record keeps it."""
+
+    name: str
+    succeeded: bool
+    reason: str = ""
+    message: str = ""
+    log_tail: str = ""
+
+    def to_record(self) -> dict[str, str]:
+        """The record's ``tests`` entry."""
+        entry = {"name": self.name, "outcome": "Succeeded" if self.succeeded else "Failed"}
+        if self.reason:
+            entry["reason"] = self.reason[:256]
+        if self.message:
+            entry["message"] = self.message[:1024]
+        if self.log_tail:
+            entry["logTail"] = self.log_tail[:LOG_BYTES]
+        return entry
+
+
+def failure(results: Sequence[TestResult]) -> Stalled | None:
+    """``TestFailed`` naming every failed test, or None if all passed."""
+    failed = [r for r in results if not r.succeeded]
+    if not failed:
+        return None
+    detail = "; ".join(f"Job/{r.name}: {r.reason or 'failed'}: {r.message}".rstrip(": ") for r in failed)
+    return Stalled(Reason.TEST_FAILED, f"{len(failed)} of {len(results)} test Job(s) failed: {detail}")
+
+
+class TestJobs:
+    """Runs an app's test Jobs in one namespace as the tenant: dry-run, start, and read the results."""
+
+    def __init__(
+        self,
+        objects: Objects,
+        *,
+        owner: str,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.objects = objects
+        self.owner = owner
+        self._clock = clock
+        self._sleep = sleep
+
+    def body(self, manifest: Manifest, *, commit: str) -> dict[str, Any]:
+        """The Job as gitward creates it: owned, labelled as this app's test, naming its commit."""
+        obj = copy.deepcopy(dict(manifest.obj))
+        metadata = dict(obj.get("metadata") or {})
+        metadata["annotations"] = {
+            **(metadata.get("annotations") or {}),
+            OWNER_ANNOTATION: self.owner,
+            REVISION_ANNOTATION: commit,
+        }
+        metadata["labels"] = {
+            **(metadata.get("labels") or {}),
+            MANAGED_LABEL: "gitward",
+            TEST_OF_LABEL: test_of(self.owner),
+        }
+        obj["metadata"] = metadata
+        return obj
+
+    def dry_run(self, tests: Sequence[Manifest], *, commit: str) -> None:
+        """Each test Job validated by the API server as the tenant, before anything is written.
+
+        A create with ``generateName``: the Job of the previous revision may still exist, and a
+        Job's template cannot be changed in place, so an apply would be refused for that alone.
+        """
+        if len(tests) > MAX_TESTS:
+            raise Stalled(Reason.POLICY_VIOLATION, f"{len(tests)} test Jobs; at most {MAX_TESTS}")
+        for manifest in tests:
+            body = self.body(manifest, commit=commit)
+            metadata = body["metadata"]
+            ref = ObjectRef.of(body)
+            metadata["generateName"] = f"{str(metadata.pop('name', ''))[:50]}-"
+            try:
+                self.objects.create(body, dry_run=True)
+            except APIError as error:
+                raise classify(error, ref=ref, dry_run=True) from None
+
+    def _owned(self, live: Mapping[str, Any]) -> bool:
+        annotations = (live.get("metadata") or {}).get("annotations") or {}
+        return bool(annotations.get(OWNER_ANNOTATION) == self.owner)
+
+    def _gone(self, ref: ObjectRef) -> None:
+        deadline = self._clock() + _DELETE_WAIT
+        delay = 0.05
+        while self.objects.get(ref) is not None:
+            if self._clock() >= deadline:
+                raise Waiting(Reason.TEST_FAILED, f"{ref}: the previous test run is still being deleted")
+            self._sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def start(self, tests: Sequence[Manifest], *, namespace: str, commit: str) -> dict[ObjectRef, int]:
+        """Delete stale runs, create every test Job; return each with the generation to watch."""
+        wanted = {manifest.name for manifest in tests}
+        try:
+            for stale in self.objects.list(
+                "batch/v1", "Job", namespace, label_selector=f"{TEST_OF_LABEL}={test_of(self.owner)}"
+            ):
+                name = str((stale.get("metadata") or {}).get("name", ""))
+                if name not in wanted and self._owned(stale):
+                    self.objects.delete(ObjectRef("batch", "v1", "Job", namespace, name))
+            started: dict[ObjectRef, int] = {}
+            for manifest in tests:
+                body = self.body(manifest, commit=commit)
+                ref = ObjectRef.of(body)
+                live = self.objects.get(ref)
+                if live is not None:
+                    if not self._owned(live):
+                        raise Stalled(
+                            Reason.OWNERSHIP_CONFLICT,
+                            f"{ref} exists and is not this app's test: it is left alone",
+                        )
+                    self.objects.delete(ref)
+                    self._gone(ref)
+                stored = self.objects.apply(body, field_manager=FIELD_MANAGER, force=False)
+                started[ref] = int((stored.get("metadata") or {}).get("generation") or 0)
+        except APIError as error:
+            raise classify(error, ref=ObjectRef("batch", "v1", "Job", namespace, ""), dry_run=False) from None
+        return started
+
+    def results(
+        self, seen: Mapping[ObjectRef, health.HealthStatus], *, secrets: Iterable[str]
+    ) -> list[TestResult]:
+        """Each test Job's outcome; for a failed one its condition and its failed containers' log tails."""
+        hidden = frozenset(secrets)
+        results = []
+        for ref, status in seen.items():
+            if status.health is health.Health.HEALTHY:
+                results.append(TestResult(ref.name, succeeded=True, message=status.message))
+                continue
+            try:
+                job = self.objects.get(ref) or {}
+            except APIError:
+                job = {}
+            conditions = {
+                str(c.get("type")): c
+                for c in (job.get("status") or {}).get("conditions") or ()
+                if isinstance(c, Mapping)
+            }
+            failed = conditions.get("Failed") or {}
+            if failed.get("status") == "True":
+                reason, message = str(failed.get("reason") or "Failed"), str(failed.get("message") or "")
+            else:
+                reason, message = "NotFinished", f"not finished in time: {status.message}"
+            tail = self._tail(ref)
+            results.append(
+                TestResult(
+                    ref.name,
+                    succeeded=False,
+                    reason=reason,
+                    message=redact(message, hidden),
+                    log_tail=redact(tail, hidden)[-LOG_BYTES:],
+                )
+            )
+        return results
+
+    def _tail(self, ref: ObjectRef) -> str:
+        """The log tail of the Job's last failed container, else its termination message, else ""."""
+        try:
+            pods = self.objects.list(
+                "v1", "Pod", ref.namespace, label_selector=f"{JOB_NAME_LABEL}={ref.name}"
+            )
+        except APIError:
+            return ""
+        pods.sort(key=lambda pod: str((pod.get("metadata") or {}).get("creationTimestamp") or ""))
+        for pod in reversed(pods):
+            for container in (pod.get("status") or {}).get("containerStatuses") or ():
+                terminated = (container.get("state") or {}).get("terminated") or {}
+                if not terminated or terminated.get("exitCode") == 0:
+                    continue
+                name = str(container.get("name", ""))
+                try:
+                    tail = self.objects.log_tail(
+                        ref.namespace,
+                        str(pod["metadata"]["name"]),
+                        name,
+                        lines=LOG_LINES,
+                        max_bytes=LOG_BYTES,
+                    )
+                except APIError:
+                    tail = ""
+                if not tail.strip():
+                    tail = str(terminated.get("message") or "")
+                exit_code = terminated.get("exitCode")
+                return f"container {name} exited {exit_code}:\n{tail}".rstrip()
+        return ""
