@@ -215,6 +215,7 @@ def _diff(args: argparse.Namespace) -> int:
             ),
             fetch_options=git.FetchOptions(cache_root=Path(cache)),
             kustomize_command=tuple(args.kustomize.split()),
+            sops_command=tuple(args.sops.split()),
         )
         run = Run(app=app, services=services, preview=True)
         try:
@@ -297,6 +298,7 @@ def _run(args: argparse.Namespace) -> int:
         webhook_host=args.webhook_host,
         webhook_port=args.webhook_port,
         kustomize=tuple(args.kustomize.split()),
+        sops=tuple(args.sops.split()),
         service_account=args.service_account,
         ceilings=budgets.parse_ceilings(args.budget_ceiling),
         reconcile_workers=args.reconcile_workers,
@@ -381,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("app")
     diff.add_argument("--operator-namespace", default="gitward-system")
     diff.add_argument("--kustomize", default="kubectl kustomize")
+    diff.add_argument("--sops", default="sops", help="the sops command (SOPS-encrypted manifests)")
     diff.set_defaults(func=_diff)
     _add_run_parser(commands)
     return parser
@@ -397,6 +400,7 @@ def _add_run_parser(commands: Any) -> None:  # noqa: ANN401 - argparse's private
     run.add_argument("--webhook-host", default="0.0.0.0")  # noqa: S104 - fenced by the operator's NetworkPolicy
     run.add_argument("--webhook-port", type=int, default=9090)
     run.add_argument("--kustomize", default="kubectl kustomize", help="the kustomize command")
+    run.add_argument("--sops", default="sops", help="the sops command (SOPS-encrypted manifests)")
     run.add_argument(
         "--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint ('' to disable)"
     )

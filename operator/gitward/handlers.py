@@ -78,6 +78,7 @@ class Config:
     webhook_host: str = "0.0.0.0"  # noqa: S104 - the operator's Service reaches it; a NetworkPolicy fences it
     webhook_port: int = 9090
     kustomize: tuple[str, ...] = ("kubectl", "kustomize")
+    sops: tuple[str, ...] = ("sops",)
     service_account: str = ""  # "namespace/name" of the operator's own ServiceAccount, if it runs as one
     ceilings: budgets.Budgets = budgets.DEFAULT_CEILINGS
     reconcile_workers: int = 16
@@ -252,6 +253,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         as_tenant=as_tenant,
         fetch_options=fetch_options,
         kustomize_command=config.kustomize,
+        sops_command=config.sops,
         operator_account=clients.ServiceAccountRef(*config.service_account.split("/", 1))
         if config.service_account
         else None,

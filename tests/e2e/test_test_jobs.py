@@ -101,20 +101,28 @@ def test_passing_tests_make_the_revision_healthy_and_a_failing_one_rolls_it_back
     )
     world.work.push()
     wait_until(
-        lambda: [r["outcome"] for r in records(world) if r["commit"] == bad] == ["Failed"]
-        and records(world)[-1]["outcome"] == "RolledBack",
+        lambda: (
+            [r["outcome"] for r in records(world) if r["commit"] == bad] == ["Failed"]
+            and records(world)[-1]["outcome"] == "RolledBack"
+        ),
         timeout=120,
         what="the failed test's record and the rollback",
     )
     failed = next(r for r in records(world) if r["commit"] == bad)
     assert failed["reason"] == "TestFailed"
     [result] = failed["tests"]
-    assert (result["name"], result["outcome"], result["reason"]) == ("smoke", "Failed", "BackoffLimitExceeded")
+    assert (result["name"], result["outcome"], result["reason"]) == (
+        "smoke",
+        "Failed",
+        "BackoffLimitExceeded",
+    )
     assert "container app exited 3" in result["logTail"]
     assert "GET /healthz: 503 (sent Authorization: [redacted])" in result["logTail"]
     rolled = records(world)[-1]
     assert (rolled["commit"], rolled["trigger"], rolled["reason"]) == (good, "auto-rollback", "RolledBack")
-    wait_until(lambda: world.configmap("settings") == {"key": "good"}, timeout=30, what="the good config back")
+    wait_until(
+        lambda: world.configmap("settings") == {"key": "good"}, timeout=30, what="the good config back"
+    )
     healthy = condition(world, "Healthy")
     assert (healthy["status"], healthy["reason"]) == ("False", "RolledBack")
     assert "failed its tests" in healthy["message"]

@@ -52,6 +52,9 @@ CAN = [
     ("create", "rolebindings", {"group": "rbac.authorization.k8s.io", "namespace": "team-x"}),
     ("bind", "clusterroles", {"group": "rbac.authorization.k8s.io", "name": "gitward-fence"}),
     ("get", "configmaps", {"namespace": "gitward-system", "name": "team-x-keys"}),
+    # Tenants' SOPS age keys and registry credentials: the admin keeps them in the operator's namespace.
+    ("get", "secrets", {"namespace": "gitward-system", "name": "team-x-sops"}),
+    ("watch", "secrets", {"namespace": "gitward-system"}),
     ("create", "events", {"namespace": "team-x"}),
     ("create", "leases", LEASES),
     ("get", "leases", {**LEASES, "name": "gitward-shard-default"}),
@@ -60,7 +63,8 @@ CAN = [
 CANNOT = [
     ("get", "secrets", {"namespace": "kube-system", "name": "anything"}),
     ("list", "secrets", {}),
-    ("get", "secrets", {"namespace": "gitward-system"}),
+    ("get", "secrets", {"namespace": "default", "name": "anything"}),
+    ("patch", "secrets", {"namespace": "gitward-system", "name": "team-x-sops"}),
     ("create", "clusterrolebindings", {"group": "rbac.authorization.k8s.io"}),
     ("create", "clusterroles", {"group": "rbac.authorization.k8s.io"}),
     ("escalate", "roles", {"group": "rbac.authorization.k8s.io", "namespace": "kube-system"}),

@@ -28,7 +28,7 @@ from gitward.source.urls import parse
 from gitward.webhook import route_path, route_token
 from support.gitservers import HttpsGitServer, free_port
 from support.signing import SshIdentity, WorkRepo
-from support.toolpaths import kubectl_binary
+from support.toolpaths import kubectl_binary, sops_binary
 from support.waiting import wait_until
 
 
@@ -56,7 +56,7 @@ class OperatorProcess:
             str(gitward), "run", "--kubeconfig", str(self.kubeconfig),
             "--operator-namespace", self.operator_namespace, "--cache-dir", str(self.cache_dir),
             "--webhook-host", "127.0.0.1", "--webhook-port", str(self.port), "--liveness", "",
-            "--kustomize", f"{kubectl_binary()} kustomize", *self.extra_args,
+            "--kustomize", f"{kubectl_binary()} kustomize", "--sops", sops_binary(), *self.extra_args,
         ]  # fmt: skip
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(

@@ -32,28 +32,31 @@ def executables_the_code_runs() -> set[str]:
         if doc["kind"] == "Deployment"
     )["spec"]["template"]["spec"]["containers"][0]["args"]
     kustomize = next(a.split("=", 1)[1] for a in operator_args if a.startswith("--kustomize="))
+    sops = next(a.split("=", 1)[1] for a in operator_args if a.startswith("--sops="))
     return {
         fetch.git,
         fetch.ssh,
         OpenPGPVerifier([]).gpg,
         SSHVerifier(TrustedKeys()).ssh_keygen,
         kustomize.split()[0],
+        sops.rsplit("/", 1)[-1],
         processes.ResourceLimits(address_space=1).prefix()[0].rsplit("/", 1)[-1],
     }
 
 
 def test_every_executable_the_code_runs_is_in_the_final_stage():
-    """git, ssh, gpg, ssh-keygen from pinned packages; prlimit from Essential util-linux; kustomize copied in."""
+    """git, ssh, gpg, ssh-keygen from pinned packages; prlimit from Essential util-linux; kustomize, sops copied in."""
     stage = final_stage()
     runs = executables_the_code_runs()
-    assert runs == {"git", "ssh", "gpg", "ssh-keygen", "kustomize", "prlimit"}
+    assert runs == {"git", "ssh", "gpg", "ssh-keygen", "kustomize", "sops", "prlimit"}
     assert "bookworm" in stage.splitlines()[0]  # a Debian base: util-linux (prlimit) is Essential there
-    for executable in runs - {"kustomize", *ESSENTIAL}:
+    for executable in runs - {"kustomize", "sops", *ESSENTIAL}:
         package = PROVIDED_BY[executable]
         assert re.search(rf"\b{re.escape(package)}=\S+", stage), (
             f"{package} (for {executable}) is not installed, pinned"
         )
     assert re.search(r"COPY --from=\S+ \S*/kustomize /usr/local/bin/kustomize", stage)
+    assert re.search(r"COPY --from=\S+ \S*/sops /usr/local/bin/sops", stage)
 
 
 def test_the_final_stage_runs_as_non_root_with_no_build_tools():
@@ -74,3 +77,30 @@ def test_base_images_are_pinned():
         if line.startswith("FROM "):
             image = line.split()[1]
             assert re.search(r":\d+\.\d+\.\d+", image), image
+
+
+def stage(name: str) -> str:
+    text = (REPO / "Dockerfile").read_text()
+    found = [
+        part for part in re.split(r"^FROM ", text, flags=re.MULTILINE) if re.match(rf"\S+ AS {name}\n", part)
+    ]
+    assert len(found) == 1, f"no single build stage named {name}"
+    return found[0]
+
+
+def test_sops_is_built_from_the_module_the_tests_pin_and_copied_in():
+    """The image's sops is the one the tests run: built from hack/tools/sops's go.mod and go.sum, read-only."""
+    sops = stage("sops")
+    assert sops.startswith("golang:")
+    copied = re.search(r"^COPY (.+) \./$", sops, flags=re.MULTILINE)
+    assert copied, "the sops stage copies no module"
+    assert set(copied.group(1).split()) == {
+        f"hack/tools/sops/{name}" for name in ("go.mod", "go.sum", "tools.go")
+    }
+    assert "-mod=readonly" in sops
+    assert re.search(
+        r"go build .*-o /out/sops github\.com/getsops/sops/v3/cmd/sops$", sops, flags=re.MULTILINE
+    )
+    go_mod = (REPO / "hack" / "tools" / "sops" / "go.mod").read_text()
+    assert re.search(r"^require github\.com/getsops/sops/v3 v3\.\d+\.\d+$", go_mod, flags=re.MULTILINE)
+    assert re.search(r"COPY --from=sops /out/sops /usr/local/bin/sops", final_stage())

@@ -30,7 +30,8 @@ def test_only_jobs_annotated_as_tests_are_split_off():
     kept, tests = testjobs.split([plain_job, job, manifest("ConfigMap", "c")])
     assert tests == [job]
     assert [m.name for m in kept] == ["migrate", "c"]
-    assert is_test(job.obj) and not is_test(plain_job.obj)
+    assert is_test(job.obj)
+    assert not is_test(plain_job.obj)
 
 
 def test_a_hook_on_another_kind_or_an_unknown_hook_is_a_problem():
@@ -95,7 +96,8 @@ def test_a_failed_job_settles_a_wait_and_a_running_one_does_not():
     )
     running = health.assess({"apiVersion": "batch/v1", "kind": "Job", "status": {}})
     done = health.HealthStatus(health.Health.HEALTHY)
-    assert failed.final and not running.final
+    assert failed.final
+    assert not running.final
     assert health.HealthStatus.settled([done, failed, running])
     assert not health.HealthStatus.settled([done, running])
     assert health.HealthStatus.settled([done, done])

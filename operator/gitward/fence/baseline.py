@@ -105,7 +105,8 @@ def role_rules(kinds: Iterable[KindInfo]) -> list[dict[str, Any]]:
     ]
     if any(info.key == "batch/Job" for info in kinds):
         # A failed test Job's result: its pods and their log tails, read as the tenant.
-        rules.append({"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list"]})
+        rules.append({"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]})
+        rules.append({"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]})
     if any(info.key == "rbac.authorization.k8s.io/RoleBinding" for info in kinds):
         rules.append(
             {

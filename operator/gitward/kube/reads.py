@@ -75,6 +75,10 @@ class KubeReader:
         data: Mapping[str, str] = config_map.data or {}
         return data
 
+    def operator_secret(self, name: str) -> Mapping[str, bytes]:
+        """A Secret the admin keeps in the operator's namespace (a tenant's age key, registry credentials)."""
+        return self.secret_data(self.operator_namespace, name)
+
     def secret_data(self, namespace: str, name: str) -> Mapping[str, bytes]:
         """The decoded data of a Secret in the app's namespace."""
         try:

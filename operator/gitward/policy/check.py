@@ -131,7 +131,7 @@ def _object_violations(
             found.append(
                 (Reason.POLICY_VIOLATION, "service-account-token Secrets are never deployed from Git")
             )
-        elif not tenant.allow_plaintext_secrets:
+        elif not tenant.allow_plaintext_secrets and not manifest.decrypted:
             found.append(
                 (Reason.PLAINTEXT_SECRET, "plaintext Secrets in Git are not allowed for this tenant")
             )

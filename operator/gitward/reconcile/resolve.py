@@ -48,6 +48,10 @@ class Reader(Protocol):
         """A Secret's decoded data."""
         ...
 
+    def operator_secret(self, name: str) -> Mapping[str, bytes]:
+        """A Secret's decoded data from the operator's namespace (age keys, registry credentials)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class ResolvedApp:

@@ -30,6 +30,7 @@ from gitward.kube.clients import ServiceAccountRef
 from gitward.kube.objects import Objects
 from gitward.reconcile.resolve import Reader, ResolvedApp
 from gitward.reconcile.status import AppStatus, Step
+from gitward.render.decrypt import DEFAULT_SOPS
 from gitward.render.limits import Limits
 from gitward.render.load import DEFAULT_KUSTOMIZE, Rendered
 from gitward.render.manifests import Manifest
@@ -53,6 +54,7 @@ class Services:
     as_tenant: Callable[[str, str], Objects]
     fetch_options: git.FetchOptions
     kustomize_command: Sequence[str] = DEFAULT_KUSTOMIZE
+    sops_command: Sequence[str] = DEFAULT_SOPS
     operator_account: ServiceAccountRef | None = (
         None  # the operator's own ServiceAccount, when it runs as one
     )

@@ -37,7 +37,7 @@ from gitward.apply import testjobs
 from gitward.apply.inventory import PruneGuard, owner_of
 from gitward.apply.run import Applier, PollingHealth, unhealthy, workloads
 from gitward.apply.testjobs import TestJobs
-from gitward.errors import GitwardError
+from gitward.errors import GitwardError, Stalled
 from gitward.fence.baseline import TENANT_SERVICE_ACCOUNT
 from gitward.fence.ensure import ensure_namespace
 from gitward.kube.objects import APIError, classify
@@ -46,8 +46,9 @@ from gitward.policy.check import check
 from gitward.reconcile.resolve import resolve as resolve_app
 from gitward.reconcile.state import Run
 from gitward.reconcile.status import Applying, Step
+from gitward.render import decrypt
 from gitward.render.limits import Limits
-from gitward.render.load import load
+from gitward.render.load import Rendered, load
 from gitward.source import git
 from gitward.source.shared import SourceKey
 from gitward.trust.verify import TrustSettings, VerifiedSource, verify
@@ -145,13 +146,53 @@ def render(run: Run) -> None:
     resolved = run.require_resolved()
     if run.verified is None or run.repo is None:
         raise RuntimeError("the trust step has not run")
-    run.rendered = load(
+    limits = run.limits or Limits.from_budgets(resolved.budgets)
+    rendered = load(
         run.repo,
         run.verified.commit,
         resolved.spec.source.path,
-        limits=run.limits or Limits.from_budgets(resolved.budgets),
+        limits=limits,
         kustomize_command=run.services.kustomize_command,
     )
+    run.rendered = _decrypted(run, rendered, limits)
+
+
+def _decrypted(run: Run, rendered: Rendered, limits: Limits) -> Rendered:
+    """SOPS documents decrypted with the tenant's age identities; the digest stays the ciphertext's.
+
+    The key Secret is read only when a commit has something encrypted. A kustomize build re-sorts
+    keys and drops comments, so sops' whole-file MAC cannot hold after it (Flux's kustomize-controller
+    does not check it either); every value still carries its own tag bound to its path, and the
+    commit's signature vouches for the file.
+    """
+    leftover = decrypt.stray_ciphertext(rendered.manifests)
+    if leftover:
+        raise Stalled(
+            Reason.DECRYPTION_FAILED,
+            f"{leftover}: holds SOPS-encrypted values but no sops metadata (an encrypted List, or a "
+            "value copied from another file): encrypt whole documents",
+        )
+    if not any(decrypt.is_encrypted(m.obj) for m in rendered.manifests):
+        return rendered
+    resolved = run.require_resolved()
+    identities = None
+    if resolved.tenant.decryption is not None:
+        name = resolved.tenant.decryption.secret
+        try:
+            data = run.services.reader.operator_secret(name)
+        except Stalled:
+            raise Stalled(
+                Reason.DECRYPTION_FAILED, f"the tenant's decryption Secret {name!r} does not exist"
+            ) from None
+        identities = decrypt.AgeIdentities.from_secret_data(data, secret=name)
+    manifests = decrypt.decrypt(
+        rendered.manifests,
+        identities,
+        sops_command=run.services.sops_command,
+        limits=limits,
+        verify_mac=not rendered.kustomized,
+    )
+    return replace(rendered, manifests=tuple(manifests))
 
 
 def policy(run: Run) -> None:

@@ -16,6 +16,7 @@ class Manifest:
     obj: Mapping[str, Any]
     file: str
     document: int
+    decrypted: bool = False  # SOPS-decrypted by render.decrypt; its data/stringData were ciphertext in Git
 
     @property
     def origin(self) -> str:
