@@ -581,6 +581,15 @@ def _record_fields(run: Run, trigger: Trigger) -> dict[str, Any]:
         fields["notes"] = list(run.notes)
     if run.test_results:
         fields["tests"] = [result.to_record() for result in run.test_results]
+    if run.images:
+        fields["images"] = [
+            {
+                "image": i.image,
+                "digest": i.digest,
+                **({"signer": i.key_fingerprint} if i.key_fingerprint else {}),
+            }
+            for i in run.images
+        ]
     return fields
 
 

@@ -16,7 +16,13 @@ MAX_BACKOFF_STEPS = 6
 # What a transient failure (retried, never recorded) leaves as the Ready reason. The status they
 # wrote says nothing about the commit: a poll that finds the head unchanged must look again.
 TRANSIENT_REASONS = frozenset(
-    {Reason.FETCH_FAILED, Reason.SOURCE_UNAVAILABLE, Reason.API_UNAVAILABLE, Reason.RECONCILE_ERROR}
+    {
+        Reason.FETCH_FAILED,
+        Reason.SOURCE_UNAVAILABLE,
+        Reason.API_UNAVAILABLE,
+        Reason.IMAGE_UNAVAILABLE,
+        Reason.RECONCILE_ERROR,
+    }
 )
 
 
@@ -74,10 +80,16 @@ _STEP_OF: Mapping[Reason, ConditionType] = {
             Reason.FORBIDDEN_KIND,
             Reason.POLICY_VIOLATION,
             Reason.PLAINTEXT_SECRET,
+            Reason.DECRYPTION_FAILED,
+            Reason.IMAGE_NOT_ALLOWED,
+            Reason.IMAGE_NOT_PINNED,
+            Reason.IMAGE_UNSIGNED,
+            Reason.IMAGE_UNAVAILABLE,
         ),
         ConditionType.VALIDATED,
     ),
     Reason.HEALTH_TIMEOUT: ConditionType.HEALTHY,
+    Reason.TEST_FAILED: ConditionType.HEALTHY,
     Reason.ROLLED_BACK: ConditionType.HEALTHY,
 }
 

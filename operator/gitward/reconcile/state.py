@@ -26,6 +26,8 @@ from gitward.apply.health import HealthStatus
 from gitward.apply.run import ApplyResult, HealthWaiter, Plan
 from gitward.apply.testjobs import TestResult
 from gitward.history.store import History
+from gitward.images.clients import RegistryClients
+from gitward.images.verify import VerificationCache, VerifiedImage
 from gitward.kube.clients import ServiceAccountRef
 from gitward.kube.objects import Objects
 from gitward.reconcile.resolve import Reader, ResolvedApp
@@ -72,6 +74,11 @@ class Services:
     history: History | None = None  # each app's records as this process last read or wrote them
     # What each app applied, as fingerprints, with watches of the live objects: the drift check.
     expectations: Expectations | None = None
+    # The image gate: signature verdicts by (repository, digest, keys), and one registry client per
+    # tenant's settings (credentials, CA), each with its keep-alive connections. Without them (the
+    # CLI) each run makes its own.
+    image_verdicts: VerificationCache | None = None
+    registry_clients: RegistryClients | None = None
 
 
 @dataclass
@@ -109,6 +116,7 @@ class Run:
     test_results: Sequence[TestResult] = ()
     # The commit's Secret values (in memory only): masked out of anything a record keeps.
     secrets: frozenset[str] = frozenset()
+    images: Sequence[VerifiedImage] = ()  # each image, the digest applied, and the key that signed it
     step: Step | None = None  # the step that ran last (the one that raised, on failure)
     # How this run differs from a plain deploy of the branch head
     target: str = ""  # a commit to roll back to, instead of the head

@@ -32,7 +32,7 @@ from dataclasses import replace
 
 from gitward.api.conditions import Reason
 from gitward.api.refs import ObjectRef
-from gitward.api.resources import VerifyMode
+from gitward.api.resources import ImagePolicy, VerifyMode
 from gitward.apply import testjobs
 from gitward.apply.inventory import PruneGuard, owner_of
 from gitward.apply.run import Applier, PollingHealth, unhealthy, workloads
@@ -40,6 +40,13 @@ from gitward.apply.testjobs import TestJobs
 from gitward.errors import GitwardError, Stalled
 from gitward.fence.baseline import TENANT_SERVICE_ACCOUNT
 from gitward.fence.ensure import ensure_namespace
+from gitward.images import verify as images_verify
+from gitward.images.clients import RegistryClients
+from gitward.images.keys import TrustedImageKeys
+from gitward.images.policy import check_policy
+from gitward.images.refs import image_fields
+from gitward.images.registry import InvalidRegistrySettingsError
+from gitward.images.verify import RegistryReader
 from gitward.kube.objects import APIError, classify
 from gitward.policy import foreign
 from gitward.policy.check import check
@@ -49,6 +56,7 @@ from gitward.reconcile.status import Applying, Step
 from gitward.render import decrypt
 from gitward.render.limits import Limits
 from gitward.render.load import Rendered, load
+from gitward.render.manifests import Manifest
 from gitward.source import git
 from gitward.source.shared import SourceKey
 from gitward.trust.verify import TrustSettings, VerifiedSource, verify
@@ -203,8 +211,73 @@ def policy(run: Run) -> None:
     sorted_out = foreign.sort_out(run.rendered.manifests, tenant_namespaces=resolved.tenant.namespaces)
     run.notes = (*_missing_path_note(run), *sorted_out.notes)
     placed = check(sorted_out.kept, tenant=resolved.tenant, namespace=resolved.source.target_namespace)
+    placed = _images_verified(run, placed)
     run.placed, run.tests = testjobs.split(placed)
     run.secrets = testjobs.secret_values(placed)
+
+
+def _images_verified(run: Run, placed: list[Manifest]) -> list[Manifest]:
+    """The tenant's image gate: allowed repositories and pins first (no network), then registries.
+
+    What the registries need (credentials, CA, cosign keys) is read only when a commit has images
+    and the policy needs a registry; tags resolved to digests come back in the manifests.
+    """
+    resolved = run.require_resolved()
+    policy = resolved.tenant.images
+    if policy is None:
+        return placed
+    check_policy(placed, policy)  # raises before any registry is contacted or any Secret read
+    clients = run.services.registry_clients or RegistryClients()
+    client: RegistryReader = clients.client()  # settings-free: a policy that needs no registry never uses it
+    keys = None
+    if images_verify.registry_needed(policy) and any(image_fields(m.obj) for m in placed):
+        client = _registry_client(run, policy, clients)
+        keys = _image_keys(run, policy)
+    verdict = images_verify.check_images(
+        placed,
+        policy,
+        client=client,
+        trusted_keys=keys,
+        cache=run.services.image_verdicts or images_verify.VerificationCache(),
+    )
+    run.images = verdict.images
+    return list(verdict.manifests)
+
+
+def _registry_client(run: Run, policy: ImagePolicy, clients: RegistryClients) -> RegistryReader:
+    reader = run.services.reader
+    credentials = b""
+    if policy.credentials_secret:
+        try:
+            data = reader.operator_secret(policy.credentials_secret)
+        except Stalled:
+            raise Stalled(
+                Reason.IMAGE_UNAVAILABLE,
+                f"the registry credentials Secret {policy.credentials_secret!r} does not exist",
+            ) from None
+        credentials = data.get(".dockerconfigjson", b"")
+    ca_pem = b""
+    if policy.ca_from is not None:
+        try:
+            ca_pem = reader.key_config_map(policy.ca_from.config_map).get("ca.crt", "").encode()
+        except Stalled:
+            raise Stalled(
+                Reason.IMAGE_UNAVAILABLE,
+                f"the registry CA ConfigMap {policy.ca_from.config_map!r} does not exist",
+            ) from None
+    try:
+        return clients.client(credentials=credentials, ca_pem=ca_pem)
+    except InvalidRegistrySettingsError as error:
+        raise Stalled(Reason.IMAGE_UNAVAILABLE, f"the tenant's registry settings: {error}") from None
+
+
+def _image_keys(run: Run, policy: ImagePolicy) -> TrustedImageKeys:
+    names = [ref.config_map for ref in policy.keys_from]
+    try:
+        maps = [run.services.reader.key_config_map(name) for name in names]
+    except Stalled as error:
+        raise Stalled(Reason.IMAGE_UNSIGNED, f"the tenant's image keys: {error.message}") from None
+    return TrustedImageKeys.from_config_maps(maps, names=names)
 
 
 def _missing_path_note(run: Run) -> tuple[str, ...]:
