@@ -68,7 +68,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import shutil
 import tempfile
 import time
 import unicodedata
@@ -81,7 +80,8 @@ import yaml
 
 from gitward import processes
 from gitward.api.conditions import Reason
-from gitward.errors import Stalled, Waiting
+from gitward.errors import Stalled
+from gitward.render import programs
 from gitward.render.limits import Limits
 from gitward.render.manifests import Manifest
 from gitward.render.yamlsafe import load_documents
@@ -132,8 +132,6 @@ _CHECKSUM_CHARS: Final = 6
 _CIPHERTEXT: Final = re.compile(
     r"ENC\[AES256_GCM,data:[A-Za-z0-9+/=]*,iv:[A-Za-z0-9+/=]+,tag:[A-Za-z0-9+/=]+,type:[a-z]+\]"
 )
-_DISCARD: Final = "http://127.0.0.1:9"  # the discard port: nothing listens, connections are refused
-_PROXY_VARIABLES: Final = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy")
 _SHOWN_RECIPIENTS: Final = 4
 _SHOWN_FAILURES: Final = 8
 _CLIP: Final = 72
@@ -629,37 +627,14 @@ def _plan(
 # Running sops
 
 
-def _executable(command: Sequence[str]) -> str:
-    """The sops program as an absolute path, found on the operator's own PATH."""
-    found = shutil.which(command[0]) if command else None
-    if found is None:
-        raise Waiting(
-            Reason.RECONCILE_ERROR,
-            f"sops is not available: {command[0] if command else '(no command)'!r} is not an executable on "
-            "the operator's PATH; fix the operator's sops command (--sops)",
-        )
-    return str(Path(found).absolute())
-
-
 def _environment(base: Path, identities: AgeIdentities, limits: Limits) -> dict[str, str]:
     """Nothing but the key: no home, no config, no programs, no proxies, no cloud credentials."""
-    empty = {name: base / name for name in ("bin", "home", "config", "tmp")}
-    for directory in empty.values():
-        directory.mkdir(mode=0o700)
     return {
-        "PATH": str(empty["bin"]),  # no age plugin, gpg or editor to find
-        "HOME": str(empty["home"]),  # no ~/.ssh/id_ed25519, ~/.aws, ~/.gnupg, ~/.config
-        "XDG_CONFIG_HOME": str(empty["config"]),  # no sops/age/keys.txt
-        "GNUPGHOME": str(empty["home"]),
-        "TMPDIR": str(empty["tmp"]),
-        "LANG": "C",
-        "LC_ALL": "C",
-        **dict.fromkeys(_PROXY_VARIABLES, _DISCARD),
-        "NO_PROXY": "",
-        "no_proxy": "",
+        # no age plugin, gpg or editor on PATH; no ~/.ssh, ~/.aws or ~/.gnupg in HOME
+        **programs.bare_environment(base, limits, directories=("config",)),
+        "XDG_CONFIG_HOME": str(base / "config"),  # no sops/age/keys.txt
+        "GNUPGHOME": str(base / "home"),
         "SOPS_AGE_KEY": identities.environment_value(),
-        # As for kustomize: the address-space limit leaves room for what Go reserves; the heap gets a fifth.
-        "GOMEMLIMIT": str(max(1, limits.kustomize_memory_bytes // 5)),
     }
 
 
@@ -926,7 +901,7 @@ def _decrypt_groups(
     limits: Limits,
     failures: list[tuple[Manifest, str]],
 ) -> dict[int, Manifest]:
-    executable = _executable(sops_command)
+    executable = programs.executable(sops_command, tool="sops", flag="--sops")
     budget = _Budget(limits)
     decrypted: dict[int, Manifest] = {}
     with tempfile.TemporaryDirectory(prefix="gitward-sops-") as workdir:

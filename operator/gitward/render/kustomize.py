@@ -53,7 +53,6 @@ import enum
 import os
 import posixpath
 import re
-import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,7 +61,8 @@ from typing import Any
 
 from gitward import processes
 from gitward.api.conditions import Reason
-from gitward.errors import Stalled, Waiting
+from gitward.errors import Stalled
+from gitward.render import programs
 from gitward.render.limits import Limits
 from gitward.render.manifests import generate_name_message
 from gitward.render.tree import Tree, normalize
@@ -97,8 +97,6 @@ BUILTIN_KINDS = frozenset(
 _FUNCTION_ANNOTATIONS = ("config.kubernetes.io/function", "config.k8s.io/function")
 _BUILTIN_PATH_FIELDS = ("path", "paths", "files", "envs", "env")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
-_DISCARD = "http://127.0.0.1:9"  # the discard port: nothing listens, connections are refused
-_PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy")
 _NOT_REMOTE = "; gitward builds only from the commit's own files"
 
 
@@ -579,40 +577,15 @@ def check(tree: Tree, root: str, read: Callable[[TreeEntry], bytes], *, limits: 
     vetting.walk(tree.resolve(root, vetting.read_link))
 
 
-def _executable(command: Sequence[str]) -> str:
-    """The kustomize program as an absolute path, found on the operator's own PATH."""
-    found = shutil.which(command[0]) if command else None
-    if found is None:
-        raise Waiting(
-            Reason.RECONCILE_ERROR,
-            f"kustomize is not available: {command[0] if command else '(no command)'!r} is not an executable "
-            "on the operator's PATH; fix the operator's kustomize command",
-        )
-    return str(Path(found).absolute())  # not resolve(): a multi-call binary needs its own name
-
-
 def _environment(base: Path, limits: Limits) -> dict[str, str]:
     """An environment with no git, no network through proxies, no plugins, and a Go memory target."""
-    empty = {name: base / name for name in ("bin", "home", "plugins", "tmp")}
-    for directory in empty.values():
-        directory.mkdir(mode=0o700)
     return {
-        "PATH": str(empty["bin"]),  # kustomize finds no git (and no helm) to run
-        "HOME": str(empty["home"]),
-        "TMPDIR": str(empty["tmp"]),
-        "LANG": "C",
-        "LC_ALL": "C",
+        **programs.bare_environment(base, limits, directories=("plugins",)),  # no git or helm on PATH
         "GIT_ALLOW_PROTOCOL": "",
         "GIT_CONFIG_NOSYSTEM": "1",
         "GIT_CONFIG_GLOBAL": "/dev/null",
         "GIT_TERMINAL_PROMPT": "0",
-        **dict.fromkeys(_PROXY_VARIABLES, _DISCARD),
-        "NO_PROXY": "",
-        "no_proxy": "",
-        "KUSTOMIZE_PLUGIN_HOME": str(empty["plugins"]),
-        # The address-space limit must leave room for what Go reserves but never touches (about
-        # 1.9 GiB for kubectl); the heap itself is held to a fifth of it by Go's collector.
-        "GOMEMLIMIT": str(max(1, limits.kustomize_memory_bytes // 5)),
+        "KUSTOMIZE_PLUGIN_HOME": str(base / "plugins"),
     }
 
 
@@ -655,7 +628,7 @@ def build(
     command: Sequence[str],
 ) -> str:
     """Write the tree's files to a private directory and run kustomize on ``root``; return its YAML."""
-    executable = _executable(command)
+    executable = programs.executable(command, tool="kustomize", flag="--kustomize")
     shown = root or "."
     with tempfile.TemporaryDirectory(prefix="gitward-kustomize-") as workdir:
         base = Path(workdir)
