@@ -131,7 +131,8 @@ def test_only_a_signed_digest_from_an_allowed_repository_is_applied(operator, wo
     )
     world.work.push()
     world.create_app()
-    # Policy first, with no registry contacted: the repository not allowed and the bare tag, together.
+    # Policy first (before any registry is asked: unit-tested with a client that fails on any call):
+    # the repository not allowed and the bare tag, together.
     message = refused(world, bad, "ImageNotAllowed")
     assert "2 image violation(s)" in message
     assert (
@@ -188,3 +189,37 @@ def test_a_tag_is_resolved_to_its_digest_when_the_tenant_allows_tags(operator, w
     assert live_image(world, "api") == f"{registry.host}/team/api:stable@{digest}"
     [record] = [r for r in records(world) if r["commit"] == commit]
     assert record["images"][0]["digest"] == digest
+
+
+def test_a_rollback_deploys_the_digest_its_revision_had_not_where_the_tag_points_now(
+    operator, world, registry, tmp_path
+):
+    """A tag moved since: resolving it again would bring back the very image that failed."""
+    del operator
+    key, public = cosign_keypair(tmp_path / "team")
+    gate_images(world, registry, public, tags="resolve")
+    first = push_image(registry, "team/api", "stable")
+    cosign_sign(registry, registry.reference("team/api", first), key)
+    good = world.work.commit(
+        {"deploy/api.yaml": workload("api", f"{registry.host}/team/api:stable")}, sign=world.signer
+    )
+    world.work.push()
+    world.create_app(healthTimeout="15s")
+    applied(world, good, timeout=90)
+    assert live_image(world, "api") == f"{registry.host}/team/api:stable@{first}"
+
+    moved = push_image(registry, "team/api", "stable")
+    cosign_sign(registry, registry.reference("team/api", moved), key)
+    never_ready = yaml.safe_load(workload("api", f"{registry.host}/team/api:stable"))
+    never_ready["spec"]["template"]["metadata"]["annotations"] = {"gitward.dev/kwok-never-ready": "true"}
+    bad = world.work.commit({"deploy/api.yaml": yaml.safe_dump(never_ready)}, sign=world.signer)
+    world.work.push()
+    wait_until(
+        lambda: records(world)[-1]["outcome"] == "RolledBack" and records(world)[-1]["commit"] == good,
+        timeout=120,
+        what="the automatic rollback",
+    )
+    [failed] = [r for r in records(world) if r["commit"] == bad]
+    assert failed["images"][0]["digest"] == moved
+    assert live_image(world, "api") == f"{registry.host}/team/api:stable@{first}"
+    assert records(world)[-1]["images"][0]["digest"] == first

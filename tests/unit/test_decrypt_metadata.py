@@ -19,6 +19,7 @@ from gitward.render.decrypt import (
     is_encrypted,
     metadata_problem,
     recipient_of,
+    revealed,
     x25519,
 )
 from gitward.render.manifests import Manifest
@@ -345,3 +346,21 @@ def test_an_encrypted_kind_or_name_is_shown_as_encrypted():
         decrypt([manifest], identities(), sops_command=NO_SOPS)
     assert "(encrypted)/(encrypted) (deploy/all.yaml#2)" in error.value.message
     assert "ENC[" not in error.value.message
+
+
+def test_revealed_lists_every_value_that_was_ciphertext_whatever_the_kind():
+    cipher = "ENC[AES256_GCM,data:YWJj,iv:aXZpdml2aXZpdml2,tag:dGFndGFndGFndGFn,type:str]"
+    encrypted = {
+        "kind": "ConfigMap",
+        "metadata": {"name": "c"},
+        "data": {"open": "plain", "closed": cipher},
+        "env": [{"value": cipher}],
+        "sops": {"mac": cipher},
+    }
+    decrypted = {
+        "kind": "ConfigMap",
+        "metadata": {"name": "c"},
+        "data": {"open": "plain", "closed": "hunter2-value"},
+        "env": [{"value": "other-value"}],
+    }
+    assert revealed(encrypted, decrypted) == {"hunter2-value", "other-value"}

@@ -297,3 +297,28 @@ def test_locations_read_like_kubernetes_field_paths():
         "spec.template.spec.containers[0].image"
     )
     assert ImageField(("spec", "initContainers", 2, "image"), "x").location == "spec.initContainers[2].image"
+
+
+def test_image_volumes_are_images_too():
+    """The kubelet pulls an image volume like a container image: the gate sees it, and can pin it."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p"},
+        "spec": {
+            "containers": [{"name": "app", "image": "ghcr.io/acme/app@sha256:" + "a" * 64}],
+            "volumes": [
+                {"name": "data", "image": {"reference": "ghcr.io/acme/models:v1"}},
+                {"name": "cache", "emptyDir": {}},
+                {"name": "odd", "image": {"reference": 7}},
+            ],
+        },
+    }
+    fields = image_fields(pod)
+    assert [(f.location, f.image) for f in fields] == [
+        ("spec.containers[0].image", "ghcr.io/acme/app@sha256:" + "a" * 64),
+        ("spec.volumes[0].image.reference", "ghcr.io/acme/models:v1"),
+        ("spec.volumes[2].image.reference", None),
+    ]
+    pinned = replace_images(pod, {fields[1].path: "ghcr.io/acme/models:v1@sha256:" + "b" * 64})
+    assert pinned["spec"]["volumes"][0]["image"]["reference"].endswith("b" * 64)

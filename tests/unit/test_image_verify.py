@@ -457,3 +457,43 @@ def test_a_commit_without_images_passes_even_without_usable_keys():
         manifests, ImagePolicy(("ghcr.io/*",), TagPolicy.RESOLVE, KEYS), NoNetwork(), TrustedImageKeys()
     )
     assert verdict == ImageVerdict(tuple(manifests), ())
+
+
+def test_a_registry_that_failed_is_not_asked_again_in_the_same_attempt(registry, key):
+    """One slow or broken registry costs one image's deadline per attempt, not one per image."""
+    registry.down.add("ghcr.io")
+    manifests = [pod("web", "ghcr.io/acme/web:1.0"), pod("api", "ghcr.io/acme/api:2.0")]
+    with pytest.raises(Waiting) as caught:
+        gate(manifests, ImagePolicy(("ghcr.io/acme/*",), TagPolicy.RESOLVE, KEYS), registry, keys_of(key))
+    assert caught.value.reason is Reason.IMAGE_UNAVAILABLE
+    assert [c[1] for c in registry.calls] == ["ghcr.io/acme/web"]
+    assert "not asked about ghcr.io/acme/api: it failed already" in caught.value.message
+
+
+def test_the_whole_gate_has_one_time_budget(registry, key):
+    """Past the commit's budget no registry is asked any more: the attempt is retried later."""
+    manifests = [pod("web", f"ghcr.io/acme/web@{WEB}"), pod("api", f"ghcr.io/acme/api@{API}")]
+    with pytest.raises(Waiting) as caught:
+        check_images(
+            manifests,
+            ImagePolicy(("ghcr.io/acme/*",), TagPolicy.FORBID, KEYS),
+            client=registry,
+            trusted_keys=keys_of(key),
+            cache=VerificationCache(),
+            gate_seconds=0.0,
+        )
+    assert registry.calls == []
+    assert "time budget of 0s ran out before ghcr.io/acme/web" in caught.value.message
+
+
+def test_a_remembered_verdict_needs_no_registry_even_past_the_budget(registry, key):
+    cache = VerificationCache()
+    policy = ImagePolicy(("ghcr.io/acme/*",), TagPolicy.FORBID, KEYS)
+    manifests = [pod("web", f"ghcr.io/acme/web@{WEB}")]
+    gate(manifests, policy, registry, keys_of(key), cache)
+    registry.calls.clear()
+    verdict = check_images(
+        manifests, policy, client=registry, trusted_keys=keys_of(key), cache=cache, gate_seconds=0.0
+    )
+    assert verdict.images[0].digest == WEB
+    assert registry.calls == []

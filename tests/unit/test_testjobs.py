@@ -107,3 +107,19 @@ def test_test_of_is_a_valid_label_value_for_any_owner():
     value = testjobs.test_of("a-namespace-with-a-long-name/and-an-app-with-an-even-longer-name-than-that")
     assert len(value) <= 63
     assert value.isalnum()
+
+
+def test_a_text_cut_inside_a_secret_masks_its_beginning():
+    values = {"sk-live-0123456789"}
+    assert testjobs.redact("token: sk-live-01", values) == "token: [redacted]"
+    assert testjobs.redact("token: sk-l", values) == "token: [redacted]"
+    assert testjobs.redact("token: sk-", values) == "token: sk-"  # shorter than any value we mask
+
+
+def test_the_last_bytes_start_at_a_line():
+    text = "".join(f"line {i}\n" for i in range(1000))
+    kept = testjobs.last_bytes(text, 64)
+    assert len(kept.encode()) <= 64
+    assert kept.startswith("line ")
+    assert kept.endswith("line 999\n")
+    assert testjobs.last_bytes("short", 64) == "short"

@@ -41,11 +41,12 @@ from gitward.render.manifests import Manifest
 
 REVISION_ANNOTATION: Final = "gitward.dev/revision"
 TEST_OF_LABEL: Final = "gitward.dev/test-of"  # a hash of the owning app: label values are short
-JOB_NAME_LABEL: Final = "batch.kubernetes.io/job-name"
+CONTROLLER_UID_LABEL: Final = "batch.kubernetes.io/controller-uid"
 LOG_LINES: Final = 40
 LOG_BYTES: Final = 2048
+_LOG_READ_BYTES: Final = 16 * 1024  # read more than is kept: masking comes before the cut
 MAX_TESTS: Final = 20
-_MIN_SECRET_CHARS: Final = 4  # shorter values would mask ordinary words
+MIN_SECRET_CHARS: Final = 4  # shorter values would mask ordinary words
 _DELETE_WAIT: Final = 60.0
 REDACTED: Final = "[redacted]"
 
@@ -82,13 +83,32 @@ def secret_values(manifests: Iterable[Manifest]) -> frozenset[str]:
                         values.add(base64.b64decode(text, validate=True).decode("utf-8"))
                 else:
                     values.add(base64.b64encode(text.encode()).decode())
-    return frozenset(v for v in values if len(v) >= _MIN_SECRET_CHARS)
+    return frozenset(v for v in values if len(v) >= MIN_SECRET_CHARS)
+
+
+def last_bytes(text: str, limit: int) -> str:
+    """The end of ``text`` within ``limit`` bytes, from the start of a line when one fits."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    kept = data[-limit:].decode(errors="ignore")
+    _, newline, rest = kept.partition("\n")
+    return rest if newline and rest else kept
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every secret value masked, longest first (a value may contain another)."""
-    for value in sorted(secrets, key=len, reverse=True):
+    """``text`` with every secret value masked, longest first (a value may contain another).
+
+    A text cut short (a log read up to a byte limit) may end in the first characters of a secret:
+    that beginning is masked too.
+    """
+    ordered = sorted(secrets, key=len, reverse=True)
+    for value in ordered:
         text = text.replace(value, REDACTED)
+    for value in ordered:
+        for length in range(len(value) - 1, MIN_SECRET_CHARS - 1, -1):
+            if text.endswith(value[:length]):
+                return text[: len(text) - length] + REDACTED
     return text
 
 
@@ -170,9 +190,18 @@ class TestJobs:
             ref = ObjectRef.of(body)
             metadata["generateName"] = f"{str(metadata.pop('name', ''))[:50]}-"
             try:
+                live = self.objects.get(ref)
+                if live is not None and not self._owned(live):
+                    raise self._not_ours(ref)
                 self.objects.create(body, dry_run=True)
             except APIError as error:
                 raise classify(error, ref=ref, dry_run=True) from None
+
+    @staticmethod
+    def _not_ours(ref: ObjectRef) -> Stalled:
+        return Stalled(
+            Reason.OWNERSHIP_CONFLICT, f"{ref} exists and is not this app's test: it is left alone"
+        )
 
     def _owned(self, live: Mapping[str, Any]) -> bool:
         annotations = (live.get("metadata") or {}).get("annotations") or {}
@@ -183,7 +212,8 @@ class TestJobs:
         delay = 0.05
         while self.objects.get(ref) is not None:
             if self._clock() >= deadline:
-                raise Waiting(Reason.TEST_FAILED, f"{ref}: the previous test run is still being deleted")
+                # Transient, and not TestFailed: the tests have not run, the same head must be tried again.
+                raise Waiting(Reason.RECONCILE_ERROR, f"{ref}: the previous test run is still being deleted")
             self._sleep(delay)
             delay = min(delay * 2, 1.0)
 
@@ -204,10 +234,7 @@ class TestJobs:
                 live = self.objects.get(ref)
                 if live is not None:
                     if not self._owned(live):
-                        raise Stalled(
-                            Reason.OWNERSHIP_CONFLICT,
-                            f"{ref} exists and is not this app's test: it is left alone",
-                        )
+                        raise self._not_ours(ref)
                     self.objects.delete(ref)
                     self._gone(ref)
                 stored = self.objects.apply(body, field_manager=FIELD_MANAGER, force=False)
@@ -240,29 +267,44 @@ class TestJobs:
                 reason, message = str(failed.get("reason") or "Failed"), str(failed.get("message") or "")
             else:
                 reason, message = "NotFinished", f"not finished in time: {status.message}"
-            tail = self._tail(ref)
+            uid = str((job.get("metadata") or {}).get("uid") or "")
+            tail = self._tail(ref, uid) if uid else ""
+            if reason == "NotFinished" and job and self._owned(job):
+                # A test that outlived its time must not keep running against what comes next
+                # (the rollback's revision): it is stopped, its result is the record's.
+                with contextlib.suppress(APIError):
+                    self.objects.delete(ref)
             results.append(
                 TestResult(
                     ref.name,
                     succeeded=False,
                     reason=reason,
                     message=redact(message, hidden),
-                    log_tail=redact(tail, hidden)[-LOG_BYTES:],
+                    log_tail=last_bytes(redact(tail, hidden), LOG_BYTES),
                 )
             )
         return results
 
-    def _tail(self, ref: ObjectRef) -> str:
-        """The log tail of the Job's last failed container, else its termination message, else ""."""
+    def _tail(self, ref: ObjectRef, uid: str) -> str:
+        """The log tail of this run's last failed container, else its termination message, else "".
+
+        Pods are chosen by the uid of this very Job (a previous run's pods may still be going).
+        The tail is read long and cut after masking, so a secret is never shown in part.
+        """
         try:
             pods = self.objects.list(
-                "v1", "Pod", ref.namespace, label_selector=f"{JOB_NAME_LABEL}={ref.name}"
+                "v1", "Pod", ref.namespace, label_selector=f"{CONTROLLER_UID_LABEL}={uid}"
             )
         except APIError:
             return ""
         pods.sort(key=lambda pod: str((pod.get("metadata") or {}).get("creationTimestamp") or ""))
         for pod in reversed(pods):
-            for container in (pod.get("status") or {}).get("containerStatuses") or ():
+            status = pod.get("status") or {}
+            statuses = [
+                *(status.get("initContainerStatuses") or ()),
+                *(status.get("containerStatuses") or ()),
+            ]
+            for container in statuses:
                 terminated = (container.get("state") or {}).get("terminated") or {}
                 if not terminated or terminated.get("exitCode") == 0:
                     continue
@@ -273,7 +315,7 @@ class TestJobs:
                         str(pod["metadata"]["name"]),
                         name,
                         lines=LOG_LINES,
-                        max_bytes=LOG_BYTES,
+                        max_bytes=_LOG_READ_BYTES,
                     )
                 except APIError:
                     tail = ""

@@ -115,9 +115,12 @@ def _digest_of(record: Mapping[str, Any]) -> str:
 def slim(record: Mapping[str, Any]) -> dict[str, Any]:
     """What the operator needs of a record to decide and to chain the next one, and nothing more."""
     metadata, spec = record.get("metadata") or {}, record.get("spec") or {}
+    kept = {key: spec.get(key) for key in ("commit", "outcome", "reason", "trigger")}
+    if spec.get("images"):  # the digests a tag was resolved to: a rollback or drift correction reuses them
+        kept["images"] = [{"image": i.get("image"), "digest": i.get("digest")} for i in spec["images"]]
     return {
         "metadata": {"name": metadata.get("name"), "labels": dict(metadata.get("labels") or {})},
-        "spec": {key: spec.get(key) for key in ("commit", "outcome", "reason", "trigger")},
+        "spec": kept,
         _DIGEST: spec_digest(spec),
     }
 

@@ -243,7 +243,7 @@ def _containers(spec: Mapping[str, Any], spec_path: Path) -> list[ImageField]:
 
 
 def image_fields(obj: Mapping[str, Any]) -> list[ImageField]:
-    """Every container, init container and ephemeral container image of a workload, in order.
+    """Every container, init container and ephemeral container image of a workload, then its image volumes.
 
     Objects that are not workloads have none. A pod spec that is absent has none (the
     API server refuses such a workload); one that is present but malformed is reported
@@ -261,7 +261,27 @@ def image_fields(obj: Mapping[str, Any]) -> list[ImageField]:
             return []
     if not isinstance(current, Mapping):
         return [ImageField(path, None, problem="is not an object")]
-    return _containers(current, path)
+    return [*_containers(current, path), *_image_volumes(current, path)]
+
+
+def _image_volumes(spec: Mapping[str, Any], spec_path: Path) -> list[ImageField]:
+    """Image volumes (``volumes[].image.reference``): an image the kubelet pulls, like a container's."""
+    volumes = spec.get("volumes")
+    if not isinstance(volumes, Sequence) or isinstance(volumes, str | bytes):
+        return []  # not a list: the API server refuses it; there is no image to judge
+    found: list[ImageField] = []
+    for index, volume in enumerate(volumes):
+        source = volume.get("image") if isinstance(volume, Mapping) else None
+        if source is None:
+            continue
+        path = (*spec_path, "volumes", index, "image", "reference")
+        label = str(volume.get("name") or "")
+        reference = source.get("reference") if isinstance(source, Mapping) else None
+        if isinstance(reference, str):
+            found.append(ImageField(path, reference, label))
+        else:
+            found.append(ImageField(path, None, label, "is not an image reference gitward can verify"))
+    return found
 
 
 def replace_images(obj: Mapping[str, Any], replacements: Mapping[Path, str]) -> dict[str, Any]:

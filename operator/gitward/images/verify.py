@@ -198,8 +198,45 @@ def registry_needed(policy: ImagePolicy) -> bool:
     return policy.tags is TagPolicy.RESOLVE or bool(policy.keys_from)
 
 
+GATE_SECONDS = 120.0  # all the registry work of one commit, whatever the number of images
+
+
+class _Gate:
+    """What bounds one commit's registry work: a total deadline, and no second try at a failed registry.
+
+    Each image has its own deadline too; without a total, a slow registry the admin allowed
+    would hold a worker for that deadline times the number of images, on every retry.
+    """
+
+    def __init__(self, client: RegistryReader, seconds: float) -> None:
+        self.client = client
+        self.total = Deadline(seconds)
+        self.down: set[str] = set()
+        self.seconds = seconds
+
+    def refusal(self, ref: ImageRef) -> Waiting | None:
+        """Why ``ref``'s registry is not asked at all in this attempt, or None."""
+        if ref.registry in self.down:
+            return Waiting(
+                Reason.IMAGE_UNAVAILABLE,
+                f"registry {ref.registry}: not asked about {ref.name}: it failed already",
+            )
+        if self.total.expired:
+            return Waiting(
+                Reason.IMAGE_UNAVAILABLE,
+                f"the images' time budget of {self.seconds:g}s ran out before {ref.name} was checked",
+            )
+        return None
+
+    def deadline(self) -> Deadline:
+        """One image's deadline, never past the gate's."""
+        deadline = self.client.deadline()
+        deadline.ends_at = min(deadline.ends_at, self.total.ends_at)
+        return deadline
+
+
 def _pin_uses(
-    uses: Sequence[ImageUse], client: RegistryReader, deadlines: dict[str, Deadline]
+    uses: Sequence[ImageUse], gate: _Gate, deadlines: dict[str, Deadline]
 ) -> tuple[dict[int, str], list[Waiting]]:
     """Resolve every distinct tag once: digest by use index, and the registry failures."""
     digests: dict[str, str] = {}
@@ -212,10 +249,14 @@ def _pin_uses(
             continue
         target = str(ref)
         if target not in digests and target not in deadlines:
-            deadlines[target] = client.deadline()
+            if (refused := gate.refusal(ref)) is not None:
+                failures.append(refused)
+                continue
+            deadlines[target] = gate.deadline()
             try:
-                digests[target] = client.resolve(ref, deadline=deadlines[target])
+                digests[target] = gate.client.resolve(ref, deadline=deadlines[target])
             except Waiting as error:
+                gate.down.add(ref.registry)
                 failures.append(error)
         if target in digests:
             by_use[index] = digests[target]
@@ -236,6 +277,7 @@ def check_images(
     client: RegistryReader,
     trusted_keys: TrustedImageKeys | None,
     cache: VerificationCache,
+    gate_seconds: float = GATE_SECONDS,
 ) -> ImageVerdict:
     """Run the image gate over a commit's rendered manifests (see the module's steps).
 
@@ -253,7 +295,8 @@ def check_images(
         verdict = _unusable_keys(keys)
         raise ImageViolations([_unsigned(use, str(verdict)) for use in uses])
     deadlines: dict[str, Deadline] = {}
-    digest_of_use, failures = _pin_uses(uses, client, deadlines)
+    gate = _Gate(client, gate_seconds)
+    digest_of_use, failures = _pin_uses(uses, gate, deadlines)
     verdicts: dict[tuple[str, str], SignatureVerdict] = {}
     violations: list[ImageViolation] = []
     for index, use in enumerate(uses):
@@ -262,16 +305,25 @@ def check_images(
             continue
         target = (use.ref.name, digest)
         if target not in verdicts:
-            deadline = deadlines.get(str(use.ref)) or client.deadline()
-            try:
-                verdicts[target] = cache.verdict(
-                    (use.ref.name, digest, keys.fingerprints),
-                    functools.partial(_verify, client, use.ref, digest, keys, deadline),
-                    wait_seconds=deadline.remaining(),
-                )
-            except Waiting as error:
-                failures.append(error)
-                continue
+            key = (use.ref.name, digest, keys.fingerprints)
+            known = cache.get(key)
+            if known is not None:
+                verdicts[target] = known
+            else:
+                if (refused := gate.refusal(use.ref)) is not None:
+                    failures.append(refused)
+                    continue
+                deadline = deadlines.get(str(use.ref)) or gate.deadline()
+                try:
+                    verdicts[target] = cache.verdict(
+                        key,
+                        functools.partial(_verify, client, use.ref, digest, keys, deadline),
+                        wait_seconds=deadline.remaining(),
+                    )
+                except Waiting as error:
+                    gate.down.add(use.ref.registry)
+                    failures.append(error)
+                    continue
         if not verdicts[target].verified:
             violations.append(_unsigned(use, f"{use.ref.name}@{digest}: {verdicts[target]}"))
     if violations:

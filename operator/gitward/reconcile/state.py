@@ -116,6 +116,7 @@ class Run:
     test_results: Sequence[TestResult] = ()
     # The commit's Secret values (in memory only): masked out of anything a record keeps.
     secrets: frozenset[str] = frozenset()
+    revealed: frozenset[str] = frozenset()  # every value SOPS decrypted, whatever the object's kind
     images: Sequence[VerifiedImage] = ()  # each image, the digest applied, and the key that signed it
     step: Step | None = None  # the step that ran last (the one that raised, on failure)
     # How this run differs from a plain deploy of the branch head

@@ -27,6 +27,7 @@ once, at the end of the attempt.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -37,14 +38,15 @@ from gitward.apply import testjobs
 from gitward.apply.inventory import PruneGuard, owner_of
 from gitward.apply.run import Applier, PollingHealth, unhealthy, workloads
 from gitward.apply.testjobs import TestJobs
-from gitward.errors import GitwardError, Stalled
+from gitward.errors import GitwardError, Stalled, Waiting
 from gitward.fence.baseline import TENANT_SERVICE_ACCOUNT
 from gitward.fence.ensure import ensure_namespace
+from gitward.history import store
 from gitward.images import verify as images_verify
 from gitward.images.clients import RegistryClients
 from gitward.images.keys import TrustedImageKeys
 from gitward.images.policy import check_policy
-from gitward.images.refs import image_fields
+from gitward.images.refs import image_fields, replace_images
 from gitward.images.registry import InvalidRegistrySettingsError
 from gitward.images.verify import RegistryReader
 from gitward.kube.objects import APIError, classify
@@ -200,6 +202,14 @@ def _decrypted(run: Run, rendered: Rendered, limits: Limits) -> Rendered:
         limits=limits,
         verify_mac=not rendered.kustomized,
     )
+    if len(manifests) != len(rendered.manifests):
+        raise RuntimeError("decryption must keep one object per object")
+    run.revealed = frozenset(
+        value
+        for before, after in zip(rendered.manifests, manifests, strict=True)
+        if decrypt.is_encrypted(before.obj)
+        for value in decrypt.revealed(before.obj, after.obj)
+    )
     return replace(rendered, manifests=tuple(manifests))
 
 
@@ -213,7 +223,9 @@ def policy(run: Run) -> None:
     placed = check(sorted_out.kept, tenant=resolved.tenant, namespace=resolved.source.target_namespace)
     placed = _images_verified(run, placed)
     run.placed, run.tests = testjobs.split(placed)
-    run.secrets = testjobs.secret_values(placed)
+    run.secrets = testjobs.secret_values(placed) | {
+        v for v in run.revealed if len(v) >= testjobs.MIN_SECRET_CHARS
+    }
 
 
 def _images_verified(run: Run, placed: list[Manifest]) -> list[Manifest]:
@@ -227,6 +239,8 @@ def _images_verified(run: Run, placed: list[Manifest]) -> list[Manifest]:
     if policy is None:
         return placed
     check_policy(placed, policy)  # raises before any registry is contacted or any Secret read
+    if run.target:
+        placed = _pinned_as_recorded(run, placed, run.target)
     clients = run.services.registry_clients or RegistryClients()
     client: RegistryReader = clients.client()  # settings-free: a policy that needs no registry never uses it
     keys = None
@@ -244,6 +258,36 @@ def _images_verified(run: Run, placed: list[Manifest]) -> list[Manifest]:
     return list(verdict.manifests)
 
 
+def _pinned_as_recorded(run: Run, placed: list[Manifest], commit: str) -> list[Manifest]:
+    """A revision applied before (a rollback, a drift correction) gets the digests its tags had then.
+
+    Resolving again would deploy whatever the tag points at now: a rollback could bring back the
+    very image that failed, and a moved tag would pass for drift.
+    """
+    records = (
+        run.services.history.records(run.services.operator, run.namespace, run.name, run.uid)
+        if run.services.history is not None
+        else store.list_records(run.services.operator, run.namespace, run.name)
+    )
+    digests: dict[str, str] = {}
+    for record in records:
+        spec = record.get("spec") or {}
+        if spec.get("commit") == commit:
+            digests.update({str(i["image"]): str(i["digest"]) for i in spec.get("images") or ()})
+    if not digests:
+        return placed
+    pinned = []
+    for manifest in placed:
+        replacements = {
+            field.path: f"{field.image}@{digests[field.image]}"
+            for field in image_fields(manifest.obj)
+            if field.image is not None and "@" not in field.image and field.image in digests
+        }
+        obj = replace_images(manifest.obj, replacements) if replacements else manifest.obj
+        pinned.append(dataclasses.replace(manifest, obj=obj))
+    return pinned
+
+
 def _registry_client(run: Run, policy: ImagePolicy, clients: RegistryClients) -> RegistryReader:
     reader = run.services.reader
     credentials = b""
@@ -251,7 +295,7 @@ def _registry_client(run: Run, policy: ImagePolicy, clients: RegistryClients) ->
         try:
             data = reader.operator_secret(policy.credentials_secret)
         except Stalled:
-            raise Stalled(
+            raise Waiting(
                 Reason.IMAGE_UNAVAILABLE,
                 f"the registry credentials Secret {policy.credentials_secret!r} does not exist",
             ) from None
@@ -261,14 +305,14 @@ def _registry_client(run: Run, policy: ImagePolicy, clients: RegistryClients) ->
         try:
             ca_pem = reader.key_config_map(policy.ca_from.config_map).get("ca.crt", "").encode()
         except Stalled:
-            raise Stalled(
+            raise Waiting(
                 Reason.IMAGE_UNAVAILABLE,
                 f"the registry CA ConfigMap {policy.ca_from.config_map!r} does not exist",
             ) from None
     try:
         return clients.client(credentials=credentials, ca_pem=ca_pem)
     except InvalidRegistrySettingsError as error:
-        raise Stalled(Reason.IMAGE_UNAVAILABLE, f"the tenant's registry settings: {error}") from None
+        raise Waiting(Reason.IMAGE_UNAVAILABLE, f"the tenant's registry settings: {error}") from None
 
 
 def _image_keys(run: Run, policy: ImagePolicy) -> TrustedImageKeys:

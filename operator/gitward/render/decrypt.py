@@ -348,6 +348,32 @@ def is_encrypted(obj: Mapping[str, Any]) -> bool:
     return value is not None and value not in ({}, [], "")
 
 
+def revealed(encrypted: Mapping[str, Any], decrypted: Mapping[str, Any]) -> set[str]:
+    """Every value that was ciphertext in ``encrypted`` and is plaintext in ``decrypted``, whatever the kind.
+
+    What must be masked wherever gitward shows text it did not write (a test Job's log tail).
+    """
+    found: set[str] = set()
+
+    def walk(before: object, after: object) -> None:
+        if isinstance(before, Mapping) and isinstance(after, Mapping):
+            for key, value in before.items():
+                if key != SOPS_KEY and key in after:
+                    walk(value, after[key])
+        elif isinstance(before, list) and isinstance(after, list):
+            for old, new in zip(before, after, strict=False):
+                walk(old, new)
+        elif (
+            isinstance(before, str)
+            and _CIPHERTEXT.fullmatch(before)
+            and not isinstance(after, Mapping | list)
+        ):
+            found.add(str(after))
+
+    walk(encrypted, decrypted)
+    return found
+
+
 def stray_ciphertext(manifests: Sequence[Manifest]) -> str:
     """The first object holding sops ciphertext without sops metadata ("" if none).
 
