@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import sys
 import threading
 import time
 
@@ -437,12 +438,25 @@ def test_a_waiter_does_its_own_work_when_the_one_in_flight_fails(key):
         target=lambda: outcome.append(cache.verdict(cache_key, lambda: verified, wait_seconds=5))
     )
     waiter.start()
-    time.sleep(0.05)
+    deadline = time.monotonic() + 5
+    while not waiting_on_an_event(waiter) and time.monotonic() < deadline:
+        time.sleep(0.001)  # polling a condition, with a deadline: the waiter is parked behind the leader
+    assert waiting_on_an_event(waiter)
     release.set()
     leader.join(5)
     waiter.join(5)
     assert len(errors) == 1
     assert outcome == [verified]
+
+
+def waiting_on_an_event(thread: threading.Thread) -> bool:
+    """Whether ``thread`` is blocked in ``threading.Event.wait`` right now."""
+    frame = sys._current_frames().get(thread.ident or 0)  # noqa: SLF001 - the documented way to see a thread
+    while frame is not None:
+        if frame.f_code.co_name == "wait" and frame.f_code.co_filename == threading.__file__:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def test_the_registry_is_needed_only_to_resolve_tags_or_verify_signatures():
