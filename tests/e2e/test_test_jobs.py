@@ -131,6 +131,11 @@ def test_passing_tests_make_the_revision_healthy_and_a_failing_one_rolls_it_back
     assert token not in everything
     assert base64.b64encode(token.encode()).decode() not in everything
 
+    # No inventory lists a test Job: deleting the app deletes its last run too.
+    assert job(world, "smoke") is not None
+    world.objects.delete(world.app_ref)
+    wait_until(lambda: job(world, "smoke") is None, timeout=60, what="the test Job deleted with the app")
+
 
 def test_a_hook_that_is_not_a_job_is_refused_with_the_rest_of_the_commit(operator, world):
     del operator

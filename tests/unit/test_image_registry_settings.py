@@ -18,6 +18,7 @@ from gitward.images.registry import (
     RegistryCredentials,
     RegistryLogin,
     api_host,
+    elsewhere_problem,
     parse_challenge,
 )
 
@@ -162,3 +163,25 @@ def test_a_deadline_runs_on_its_clock_and_bounds_each_timeout():
     assert deadline.expired
     assert deadline.remaining() == 0.0
     assert deadline.bound(3.0) == 0.001  # a socket call with no time left fails at once
+
+
+@pytest.mark.parametrize(
+    ("registry", "url", "refused"),
+    [
+        ("registry.example.com", "https://registry.example.com/token", False),
+        ("index.docker.io", "https://auth.docker.io/token", False),  # Docker Hub: another public host
+        ("ghcr.io", "https://pkg-containers.githubusercontent.com/blob", False),
+        ("127.0.0.1:5000", "https://127.0.0.1:7000/token", False),  # a loopback registry's own host
+        ("ghcr.io", "https://169.254.169.254/latest/meta-data", True),  # a cloud's metadata address
+        ("ghcr.io", "https://127.0.0.1/token", True),
+        ("ghcr.io", "https://10.0.0.7/blob", True),
+        ("ghcr.io", "https://[::1]/token", True),
+        ("ghcr.io", "https://kubernetes.default.svc/api", True),
+        ("ghcr.io", "https://vault.internal/token", True),
+        ("ghcr.io", "https://localhost/token", True),
+        ("ghcr.io", "https://intranet/token", True),
+        ("registry.corp.example:5000", "https://10.1.2.3/blob", True),
+    ],
+)
+def test_a_registry_may_not_send_gitward_to_an_internal_host_other_than_its_own(registry, url, refused):
+    assert (elsewhere_problem(registry, url) is not None) is refused

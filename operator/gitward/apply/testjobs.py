@@ -217,16 +217,20 @@ class TestJobs:
             self._sleep(delay)
             delay = min(delay * 2, 1.0)
 
+    def remove_stale(self, namespace: str, *, keep: Iterable[str] = ()) -> None:
+        """Delete this app's test Jobs but those named in ``keep`` (all of them when the app goes)."""
+        kept = set(keep)
+        for stale in self.objects.list(
+            "batch/v1", "Job", namespace, label_selector=f"{TEST_OF_LABEL}={test_of(self.owner)}"
+        ):
+            name = str((stale.get("metadata") or {}).get("name", ""))
+            if name not in kept and self._owned(stale):
+                self.objects.delete(ObjectRef("batch", "v1", "Job", namespace, name))
+
     def start(self, tests: Sequence[Manifest], *, namespace: str, commit: str) -> dict[ObjectRef, int]:
         """Delete stale runs, create every test Job; return each with the generation to watch."""
-        wanted = {manifest.name for manifest in tests}
         try:
-            for stale in self.objects.list(
-                "batch/v1", "Job", namespace, label_selector=f"{TEST_OF_LABEL}={test_of(self.owner)}"
-            ):
-                name = str((stale.get("metadata") or {}).get("name", ""))
-                if name not in wanted and self._owned(stale):
-                    self.objects.delete(ObjectRef("batch", "v1", "Job", namespace, name))
+            self.remove_stale(namespace, keep=(manifest.name for manifest in tests))
             started: dict[ObjectRef, int] = {}
             for manifest in tests:
                 body = self.body(manifest, commit=commit)

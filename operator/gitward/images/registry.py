@@ -35,6 +35,7 @@ import binascii
 import contextlib
 import hashlib
 import http.client
+import ipaddress
 import json
 import re
 import socket
@@ -206,6 +207,39 @@ class RegistryCredentials:
 def api_host(registry: str) -> str:
     """The host serving a registry's API: Docker Hub's is ``registry-1.docker.io``."""
     return DOCKER_HUB_API_HOST if registry == DEFAULT_REGISTRY else registry
+
+
+_INTERNAL_SUFFIXES: Final = (".local", ".localhost", ".internal", ".svc", ".cluster.local")
+
+
+def _internal(host: str) -> bool:
+    """Whether ``host`` is this machine, its cluster or a private network, not a public service.
+
+    A literal address that is not global, ``localhost``, a single-label name, or a name under a
+    suffix that only resolves inside (``.svc``, ``.cluster.local``, ``.internal``, ``.local``).
+    """
+    name = host.lower().rstrip(".")
+    try:
+        address = ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return name == "localhost" or name.endswith(_INTERNAL_SUFFIXES) or "." not in name
+    return not address.is_global
+
+
+def elsewhere_problem(registry: str, url: str) -> str | None:
+    """Why a registry may not send gitward to ``url`` (its token service, a blob's redirect), or None.
+
+    A registry names these hosts itself, so an allowed registry could otherwise point the operator
+    at its own cluster or at a cloud's metadata address. Another public host is fine (Docker Hub's
+    token service and blob storage are elsewhere); an internal one only if it is the registry's own.
+    """
+    target = urllib.parse.urlsplit(url).hostname or ""
+    own = urllib.parse.urlsplit(f"https://{api_host(registry)}").hostname or ""
+    if target.lower() == own.lower():
+        return None
+    if _internal(target):
+        return f"points at {target}, an internal address that is not the registry's own host"
+    return None
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -470,6 +504,10 @@ class RegistryClient:
                     f"{what}: redirected to a non-HTTPS location",
                     retry_after=_BROKEN_REGISTRY_RETRY,
                 )
+            if (problem := elsewhere_problem(ref.registry, url)) is not None:
+                raise RegistryUnavailable(
+                    ref.registry, f"{what}: a redirect that {problem}", retry_after=_BROKEN_REGISTRY_RETRY
+                )
             response = self._send(ref.registry, url, {"Accept": "*/*"}, deadline, what=what)  # no credentials
         if 300 <= response.status < 400:  # noqa: PLR2004 - HTTP status
             _discard(response)
@@ -665,6 +703,10 @@ class RegistryClient:
                 ref.registry,
                 f"{what}: the token service must be an https URL",
                 retry_after=_BROKEN_REGISTRY_RETRY,
+            )
+        if (problem := elsewhere_problem(ref.registry, realm.geturl())) is not None:
+            raise RegistryUnavailable(
+                ref.registry, f"{what}: the token service {problem}", retry_after=_BROKEN_REGISTRY_RETRY
             )
         query = urllib.parse.parse_qsl(realm.query)
         query.append(("scope", params.get("scope") or f"repository:{ref.repository}:pull"))

@@ -40,6 +40,7 @@ from gitward.errors import GitwardError, Stalled, Waiting
 from gitward.history import store
 from gitward.history.records import Attempt
 from gitward.history.records import Outcome as RecordOutcome
+from gitward.kube.objects import APIError
 from gitward.policy import comply
 from gitward.policy.check import PolicyViolations
 from gitward.reconcile import rollback, steps
@@ -687,6 +688,10 @@ def prune_on_delete(app: Mapping[str, Any], services: Services) -> None:
         _LOG.warning("not pruning for %s/%s: %s", run.namespace, run.name, error)
         return
     steps.applier(run).prune_owned(run.previous_inventory)
+    try:  # the last run of its test Jobs, which no inventory lists
+        steps.test_jobs(run).remove_stale(run.require_resolved().source.target_namespace)
+    except APIError as error:
+        _LOG.warning("not deleting the test Jobs of %s/%s: %s", run.namespace, run.name, error.message)
 
 
 def resolve_for_prune(run: Run) -> ResolvedApp:
