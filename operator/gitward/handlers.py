@@ -45,8 +45,7 @@ from gitward.apply.waiting import WatchedHealth
 from gitward.errors import GitwardError, Stalled, Waiting
 from gitward.fence.baseline import TENANT_SERVICE_ACCOUNT
 from gitward.history.store import History
-from gitward.images.clients import RegistryClients
-from gitward.images.verify import VerificationCache
+from gitward.images.shared import SharedImages
 from gitward.kube import clients
 from gitward.kube.cached import CachedReader
 from gitward.kube.objects import APIError, Objects
@@ -269,8 +268,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         expectations=Expectations(
             lambda namespace: as_tenant(namespace, TENANT_SERVICE_ACCOUNT), changed=drifting
         ),
-        image_verdicts=VerificationCache(),
-        registry_clients=RegistryClients(),
+        images=SharedImages(),
     )
 
     access = MetricsAccess(operator.api) if config.metrics_auth else None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gitward.api.budgets import DEFAULT_CEILINGS, Budgets
 from gitward.api.refs import ObjectRef
@@ -26,8 +26,7 @@ from gitward.apply.health import HealthStatus
 from gitward.apply.run import ApplyResult, HealthWaiter, Plan
 from gitward.apply.testjobs import TestResult
 from gitward.history.store import History
-from gitward.images.clients import RegistryClients
-from gitward.images.verify import VerificationCache, VerifiedImage
+from gitward.images.shared import SharedImages
 from gitward.kube.clients import ServiceAccountRef
 from gitward.kube.objects import Objects
 from gitward.reconcile.resolve import Reader, ResolvedApp
@@ -40,6 +39,9 @@ from gitward.sharing import SharedResults
 from gitward.source import git
 from gitward.source.shared import SharedSources
 from gitward.trust.verify import VerifiedSource
+
+if TYPE_CHECKING:
+    from gitward.images.verify import VerifiedImage
 
 
 def utc_now() -> str:
@@ -77,8 +79,7 @@ class Services:
     # The image gate: signature verdicts by (repository, digest, keys), and one registry client per
     # tenant's settings (credentials, CA), each with its keep-alive connections. Without them (the
     # CLI) each run makes its own.
-    image_verdicts: VerificationCache | None = None
-    registry_clients: RegistryClients | None = None
+    images: SharedImages | None = None
 
 
 @dataclass

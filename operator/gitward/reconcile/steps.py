@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from gitward.api.conditions import Reason
 from gitward.api.refs import ObjectRef
@@ -42,13 +43,9 @@ from gitward.errors import GitwardError, Stalled, Waiting
 from gitward.fence.baseline import TENANT_SERVICE_ACCOUNT
 from gitward.fence.ensure import ensure_namespace
 from gitward.history import store
-from gitward.images import verify as images_verify
-from gitward.images.clients import RegistryClients
-from gitward.images.keys import TrustedImageKeys
 from gitward.images.policy import check_policy
 from gitward.images.refs import image_fields, replace_images
-from gitward.images.registry import InvalidRegistrySettingsError
-from gitward.images.verify import RegistryReader
+from gitward.images.shared import SharedImages
 from gitward.kube.objects import APIError, classify
 from gitward.policy import foreign
 from gitward.policy.check import check
@@ -62,6 +59,11 @@ from gitward.render.manifests import Manifest
 from gitward.source import git
 from gitward.source.shared import SourceKey
 from gitward.trust.verify import TrustSettings, VerifiedSource, verify
+
+if TYPE_CHECKING:
+    from gitward.images.clients import RegistryClients
+    from gitward.images.keys import TrustedImageKeys
+    from gitward.images.verify import RegistryReader
 
 
 def resolve(run: Run) -> None:
@@ -241,7 +243,11 @@ def _images_verified(run: Run, placed: list[Manifest]) -> list[Manifest]:
     check_policy(placed, policy)  # raises before any registry is contacted or any Secret read
     if run.target:
         placed = _pinned_as_recorded(run, placed, run.target)
-    clients = run.services.registry_clients or RegistryClients()
+    # Verification (and its cryptography) is imported only once a tenant gates images.
+    from gitward.images import verify as images_verify  # noqa: PLC0415
+
+    shared = run.services.images or SharedImages()
+    clients = shared.clients
     client: RegistryReader = clients.client()  # settings-free: a policy that needs no registry never uses it
     keys = None
     if images_verify.registry_needed(policy) and any(image_fields(m.obj) for m in placed):
@@ -252,7 +258,7 @@ def _images_verified(run: Run, placed: list[Manifest]) -> list[Manifest]:
         policy,
         client=client,
         trusted_keys=keys,
-        cache=run.services.image_verdicts or images_verify.VerificationCache(),
+        cache=shared.verdicts,
     )
     run.images = verdict.images
     return list(verdict.manifests)
@@ -309,6 +315,8 @@ def _registry_client(run: Run, policy: ImagePolicy, clients: RegistryClients) ->
                 Reason.IMAGE_UNAVAILABLE,
                 f"the registry CA ConfigMap {policy.ca_from.config_map!r} does not exist",
             ) from None
+    from gitward.images.registry import InvalidRegistrySettingsError  # noqa: PLC0415 - see _images_verified
+
     try:
         return clients.client(credentials=credentials, ca_pem=ca_pem)
     except InvalidRegistrySettingsError as error:
@@ -321,6 +329,8 @@ def _image_keys(run: Run, policy: ImagePolicy) -> TrustedImageKeys:
         maps = [run.services.reader.key_config_map(name) for name in names]
     except Stalled as error:
         raise Stalled(Reason.IMAGE_UNSIGNED, f"the tenant's image keys: {error.message}") from None
+    from gitward.images.keys import TrustedImageKeys  # noqa: PLC0415 - see _images_verified
+
     return TrustedImageKeys.from_config_maps(maps, names=names)
 
 
