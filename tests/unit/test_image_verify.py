@@ -62,7 +62,7 @@ class FakeRegistry:
         self.signed: dict[tuple[str, str], list[SignedPayload]] = {}
         self.calls: list[tuple[str, str, str]] = []
         self.down: set[str] = set()
-        self.delay = 0.0
+        self.hold: threading.Event | None = None  # calls wait here until the test lets them through
         self.lock = threading.Lock()
 
     def push(self, name: str, tag: str, digest: str) -> None:
@@ -82,7 +82,8 @@ class FakeRegistry:
             self.calls.append((operation, ref.name, what))
         if ref.registry in self.down:
             raise RegistryUnavailable(ref.registry, f"{operation} {ref}: HTTP 503", retry_after=45.0)
-        time.sleep(self.delay)
+        if self.hold is not None:
+            self.hold.wait(10)
 
     def resolve(self, ref: ImageRef, *, deadline: Deadline | None = None) -> str:  # noqa: ARG002 - the protocol's
         self._call("resolve", ref, ref.reference)
@@ -387,7 +388,7 @@ def test_the_cache_is_bounded_least_recently_used_first():
 
 
 def test_concurrent_apps_wait_for_the_one_verification_in_flight(registry, key):
-    registry.delay = 0.05
+    registry.hold = threading.Event()
     cache = VerificationCache()
     keys = keys_of(key)
     policy = ImagePolicy(("ghcr.io/acme/*",), keys_from=KEYS)
@@ -404,6 +405,12 @@ def test_concurrent_apps_wait_for_the_one_verification_in_flight(registry, key):
     threads = [threading.Thread(target=app, args=(n,)) for n in range(32)]
     for thread in threads:
         thread.start()
+    # Every app is in flight at once: one inside the registry, the others parked behind it.
+    deadline = time.monotonic() + 10
+    while not all(waiting_on_an_event(t) for t in threads) and time.monotonic() < deadline:
+        time.sleep(0.001)  # polling a condition, with a deadline
+    assert all(waiting_on_an_event(t) for t in threads)
+    registry.hold.set()
     for thread in threads:
         thread.join(30)
     assert len(results) == 32

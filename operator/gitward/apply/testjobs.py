@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import copy
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -32,8 +31,8 @@ from typing import Any, Final
 from gitward.api.conditions import Reason
 from gitward.api.refs import ObjectRef
 from gitward.apply import health
-from gitward.apply.inventory import MANAGED_LABEL, OWNER_ANNOTATION
-from gitward.apply.run import FIELD_MANAGER
+from gitward.apply.inventory import OWNER_ANNOTATION
+from gitward.apply.run import FIELD_MANAGER, labelled
 from gitward.errors import Stalled, Waiting
 from gitward.kube.objects import APIError, Objects, classify
 from gitward.policy.hooks import is_test
@@ -46,7 +45,7 @@ LOG_LINES: Final = 40
 LOG_BYTES: Final = 2048
 _LOG_READ_BYTES: Final = 16 * 1024  # read more than is kept: masking comes before the cut
 MAX_TESTS: Final = 20
-MIN_SECRET_CHARS: Final = 4  # shorter values would mask ordinary words
+_MIN_SECRET_CHARS: Final = 4  # shorter values would mask ordinary words
 _DELETE_WAIT: Final = 60.0
 REDACTED: Final = "[redacted]"
 
@@ -65,9 +64,13 @@ def test_of(owner: str) -> str:
     return hashlib.sha256(owner.encode()).hexdigest()[:32]
 
 
-def secret_values(manifests: Iterable[Manifest]) -> frozenset[str]:
-    """Every value of the commit's Secrets, as written and decoded: what a log tail must not show."""
-    values: set[str] = set()
+def secret_values(manifests: Iterable[Manifest], *, revealed: Iterable[str] = ()) -> frozenset[str]:
+    """What a log tail must not show, values too short to mask left out.
+
+    The commit's Secrets' values as written and decoded, and every value SOPS decrypted
+    (``revealed``), whatever object held it.
+    """
+    values: set[str] = set(revealed)
     for manifest in manifests:
         if (manifest.group, manifest.kind) != ("", "Secret"):
             continue
@@ -83,7 +86,7 @@ def secret_values(manifests: Iterable[Manifest]) -> frozenset[str]:
                         values.add(base64.b64decode(text, validate=True).decode("utf-8"))
                 else:
                     values.add(base64.b64encode(text.encode()).decode())
-    return frozenset(v for v in values if len(v) >= MIN_SECRET_CHARS)
+    return frozenset(v for v in values if len(v) >= _MIN_SECRET_CHARS)
 
 
 def last_bytes(text: str, limit: int) -> str:
@@ -106,7 +109,7 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     for value in ordered:
         text = text.replace(value, REDACTED)
     for value in ordered:
-        for length in range(len(value) - 1, MIN_SECRET_CHARS - 1, -1):
+        for length in range(len(value) - 1, _MIN_SECRET_CHARS - 1, -1):
             if text.endswith(value[:length]):
                 return text[: len(text) - length] + REDACTED
     return text
@@ -161,19 +164,10 @@ class TestJobs:
 
     def body(self, manifest: Manifest, *, commit: str) -> dict[str, Any]:
         """The Job as gitward creates it: owned, labelled as this app's test, naming its commit."""
-        obj = copy.deepcopy(dict(manifest.obj))
-        metadata = dict(obj.get("metadata") or {})
-        metadata["annotations"] = {
-            **(metadata.get("annotations") or {}),
-            OWNER_ANNOTATION: self.owner,
-            REVISION_ANNOTATION: commit,
-        }
-        metadata["labels"] = {
-            **(metadata.get("labels") or {}),
-            MANAGED_LABEL: "gitward",
-            TEST_OF_LABEL: test_of(self.owner),
-        }
-        obj["metadata"] = metadata
+        obj = labelled(manifest, self.owner)  # a copy, with the owner annotation and managed-by label
+        metadata = obj["metadata"]
+        metadata["annotations"][REVISION_ANNOTATION] = commit
+        metadata["labels"][TEST_OF_LABEL] = test_of(self.owner)
         return obj
 
     def dry_run(self, tests: Sequence[Manifest], *, commit: str) -> None:

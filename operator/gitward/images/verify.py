@@ -278,6 +278,7 @@ def check_images(
     trusted_keys: TrustedImageKeys | None,
     cache: VerificationCache,
     gate_seconds: float = GATE_SECONDS,
+    uses: Sequence[ImageUse] | None = None,
 ) -> ImageVerdict:
     """Run the image gate over a commit's rendered manifests (see the module's steps).
 
@@ -285,8 +286,11 @@ def check_images(
     violation — policy ones before any network access, then every unsigned image — or,
     when nothing is refused but a registry could not answer,
     :class:`~gitward.errors.Waiting` with reason ``ImageUnavailable`` naming each one.
+    ``uses`` is what :func:`~gitward.images.policy.check_policy` returned for these manifests, when
+    the caller ran it first (to read the registry's settings only for a commit that passed it).
     """
-    uses = check_policy(manifests, policy)
+    if uses is None:
+        uses = check_policy(manifests, policy)
     if not uses:
         return ImageVerdict(tuple(manifests), ())
     keys = trusted_keys or TrustedImageKeys()

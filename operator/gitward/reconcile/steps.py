@@ -27,7 +27,6 @@ once, at the end of the attempt.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -225,9 +224,7 @@ def policy(run: Run) -> None:
     placed = check(sorted_out.kept, tenant=resolved.tenant, namespace=resolved.source.target_namespace)
     placed = _images_verified(run, placed)
     run.placed, run.tests = testjobs.split(placed)
-    run.secrets = testjobs.secret_values(placed) | {
-        v for v in run.revealed if len(v) >= testjobs.MIN_SECRET_CHARS
-    }
+    run.secrets = testjobs.secret_values(placed, revealed=run.revealed)
 
 
 def _images_verified(run: Run, placed: list[Manifest]) -> list[Manifest]:
@@ -240,9 +237,11 @@ def _images_verified(run: Run, placed: list[Manifest]) -> list[Manifest]:
     policy = resolved.tenant.images
     if policy is None:
         return placed
-    check_policy(placed, policy)  # raises before any registry is contacted or any Secret read
     if run.target:
         placed = _pinned_as_recorded(run, placed, run.target)
+    uses = check_policy(placed, policy)  # raises before any registry is contacted or any Secret read
+    if not uses:
+        return placed
     # Verification (and its cryptography) is imported only once a tenant gates images.
     from gitward.images import verify as images_verify  # noqa: PLC0415
 
@@ -250,15 +249,11 @@ def _images_verified(run: Run, placed: list[Manifest]) -> list[Manifest]:
     clients = shared.clients
     client: RegistryReader = clients.client()  # settings-free: a policy that needs no registry never uses it
     keys = None
-    if images_verify.registry_needed(policy) and any(image_fields(m.obj) for m in placed):
+    if images_verify.registry_needed(policy):
         client = _registry_client(run, policy, clients)
         keys = _image_keys(run, policy)
     verdict = images_verify.check_images(
-        placed,
-        policy,
-        client=client,
-        trusted_keys=keys,
-        cache=shared.verdicts,
+        placed, policy, client=client, trusted_keys=keys, cache=shared.verdicts, uses=uses
     )
     run.images = verdict.images
     return list(verdict.manifests)
@@ -290,7 +285,7 @@ def _pinned_as_recorded(run: Run, placed: list[Manifest], commit: str) -> list[M
             if field.image is not None and "@" not in field.image and field.image in digests
         }
         obj = replace_images(manifest.obj, replacements) if replacements else manifest.obj
-        pinned.append(dataclasses.replace(manifest, obj=obj))
+        pinned.append(replace(manifest, obj=obj))
     return pinned
 
 
@@ -444,9 +439,8 @@ def test_jobs(run: Run) -> TestJobs:
 
 def start_tests(run: Run) -> dict[ObjectRef, int]:
     """After health: the commit's test Jobs created (stale runs deleted first); what to wait for."""
-    commit = run.verified.commit if run.verified is not None else run.target or run.head
     return test_jobs(run).start(
-        run.tests, namespace=run.require_resolved().source.target_namespace, commit=commit
+        run.tests, namespace=run.require_resolved().source.target_namespace, commit=run.target or run.head
     )
 
 
