@@ -27,11 +27,11 @@ from pathlib import Path
 
 import yaml
 from kubernetes import client
+from kubernetes import config as kube_config
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from gitward.kube import clients
 from support.gitservers import HttpsGitServer
 from support.hostile import ATTACKS
 from support.kube import benchmark_cluster
@@ -122,7 +122,7 @@ def main() -> int:
     rows = args.only or ["idle", *sorted(ATTACKS)]
     results = []
     with benchmark_cluster() as kubeconfig, tempfile.TemporaryDirectory(prefix="gitward-bench-rss-") as tmp:
-        api = clients.api_client(clients.load_configuration(kubeconfig))
+        api = kube_config.new_client_from_config(config_file=kubeconfig)  # the harness's own client
         install_crds(api)
         root = Path(tmp)
         (root / "srv").mkdir()

@@ -77,6 +77,7 @@ from typing import Any
 
 import yaml
 from kubernetes import client
+from kubernetes import config as kube_config
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +85,6 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from gitward.api import resources
 from gitward.api.resources import parse_duration
-from gitward.kube import clients
 from gitward.source import urls
 from support.gitservers import HttpsGitServer
 from support.kube import benchmark_cluster
@@ -1141,7 +1141,7 @@ def parse_args() -> argparse.Namespace:
 def run_rows(args: argparse.Namespace, root: Path, rows: list[Row]) -> None:
     """Every row on one cluster and one git server; kwok nodes added here are removed at the end."""
     with cluster(keep=args.keep) as kubeconfig:
-        api = clients.api_client(clients.load_configuration(kubeconfig))
+        api = kube_config.new_client_from_config(config_file=kubeconfig)  # the harness's own client
         created_nodes: list[str] = []
         try:
             install_crds(api)

@@ -5,10 +5,16 @@ kube-apiserver with RBAC, controller-manager, scheduler, kwok) in a
 throwaway state directory, and takes it down at the end even when tests
 fail. Set ``GITWARD_TEST_KUBECONFIG`` to run against a cluster you already
 have (kind, for example) instead.
+
+Two kinds of client are at hand: ``admin`` is the ``kubernetes`` package's
+(the test harness's own hands: typed helpers for setting up and checking),
+and ``kube_api`` is gitward's own connection (:mod:`gitward.kube.http`), the
+one the operator uses and the one passed into gitward's classes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -18,9 +24,12 @@ from pathlib import Path
 import pytest
 import yaml
 from kubernetes import client
+from kubernetes import config as kube_config
 from kubernetes.client.rest import ApiException
 
 from gitward.kube import clients
+from gitward.kube.config import Configuration, Credential, StaticCredentials
+from gitward.kube.http import Connection
 from support.kube import hack_cluster, temporary_namespace
 from support.paths import CLUSTER, CRDS
 from support.signing import stop_gpg_agents
@@ -56,15 +65,33 @@ def kubeconfig(cluster_state: Path | None) -> Path:
 
 
 @pytest.fixture(scope="session")
-def kube_configuration(kubeconfig: Path) -> client.Configuration:
-    """The admin client configuration (the identity of the test harness, not of a tenant)."""
+def kube_configuration(kubeconfig: Path) -> Configuration:
+    """gitward's admin configuration (the identity of the test harness, not of a tenant)."""
     return clients.load_configuration(str(kubeconfig))
 
 
 @pytest.fixture(scope="session")
-def admin(kube_configuration: client.Configuration) -> Iterator[client.ApiClient]:
-    """An API client with cluster-admin rights."""
+def kube_api(kube_configuration: Configuration) -> Iterator[Connection]:
+    """gitward's own client with cluster-admin rights, as the operator makes it."""
     api = clients.api_client(kube_configuration)
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+@pytest.fixture(scope="session")
+def admin_configuration(kubeconfig: Path) -> client.Configuration:
+    """The ``kubernetes`` package's admin configuration, for the tests' own typed requests."""
+    configuration = client.Configuration()
+    kube_config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    return configuration
+
+
+@pytest.fixture(scope="session")
+def admin(admin_configuration: client.Configuration) -> Iterator[client.ApiClient]:
+    """A ``kubernetes`` API client with cluster-admin rights (the harness's, never passed to gitward)."""
+    api = client.ApiClient(admin_configuration)
     try:
         yield api
     finally:
@@ -105,19 +132,23 @@ def namespace(admin: client.ApiClient) -> Iterator[str]:
 
 @pytest.fixture
 def as_service_account(
-    admin: client.ApiClient, kube_configuration: client.Configuration
-) -> Iterator[Callable[..., client.ApiClient]]:
+    admin: client.ApiClient, admin_configuration: client.Configuration, kube_configuration: Configuration
+) -> Iterator[Callable[..., client.ApiClient | Connection]]:
     """Return clients that act as a given ServiceAccount, so least privilege is tested for real.
 
     ``via="token"`` authenticates with a short-lived token from the TokenRequest
     API (the API server checks the token's signature); ``via="impersonation"``
-    uses gitward's own impersonating client, as the operator does for tenants.
-    The ServiceAccount is created if it does not exist.
+    sends the ``Impersonate-User`` header, as the operator does for tenants.
+    The ServiceAccount is created if it does not exist. With ``gitward=True``
+    the client is gitward's own connection (to pass into gitward's classes),
+    else the ``kubernetes`` package's.
     """
-    made: list[client.ApiClient] = []
+    made: list[client.ApiClient | Connection] = []
     core = client.CoreV1Api(admin)
 
-    def factory(namespace: str, name: str, *, via: str = "token") -> client.ApiClient:
+    def factory(
+        namespace: str, name: str, *, via: str = "token", gitward: bool = False
+    ) -> client.ApiClient | Connection:
         try:
             core.create_namespaced_service_account(
                 namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
@@ -125,19 +156,36 @@ def as_service_account(
         except ApiException as error:
             if error.status != 409:
                 raise
-        if via == "impersonation":
-            api = clients.impersonating(kube_configuration, clients.ServiceAccountRef(namespace, name))
+        account = clients.ServiceAccountRef(namespace, name)
+        api: client.ApiClient | Connection
+        if via == "impersonation" and gitward:
+            api = clients.impersonating(kube_configuration, account)
+        elif via == "impersonation":
+            api = client.ApiClient(admin_configuration)
+            api.set_default_header(clients.IMPERSONATE_USER_HEADER, account.username)
         elif via == "token":
             request = client.AuthenticationV1TokenRequest(
                 spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
             )
             token = core.create_namespaced_service_account_token(name, namespace, request).status.token
-            configuration = client.Configuration()
-            configuration.host = kube_configuration.host
-            configuration.ssl_ca_cert = kube_configuration.ssl_ca_cert
-            configuration.verify_ssl = True
-            configuration.api_key = {"authorization": f"Bearer {token}"}
-            api = client.ApiClient(configuration)
+            if gitward:
+                api = Connection(
+                    dataclasses.replace(
+                        kube_configuration,
+                        certificate_path=None,
+                        private_key_path=None,
+                        certificate_data=None,
+                        private_key_data=None,
+                        credentials=StaticCredentials(Credential(token=token)),
+                    )
+                )
+            else:
+                configuration = client.Configuration()
+                configuration.host = admin_configuration.host
+                configuration.ssl_ca_cert = admin_configuration.ssl_ca_cert
+                configuration.verify_ssl = True
+                configuration.api_key = {"authorization": f"Bearer {token}"}
+                api = client.ApiClient(configuration)
         else:
             raise ValueError(f"unknown identity mode {via!r}")
         made.append(api)

@@ -20,7 +20,6 @@ import yaml
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
-from gitward.kube.objects import Objects
 from support.metrics import reconciles, wait_for_reconciles
 from support.operator import OperatorProcess, World, applied
 from support.pipeline import configmap, deployment
@@ -216,7 +215,7 @@ def test_a_field_another_manager_owns_is_a_conflict_until_spec_force(operator, w
         "metadata": {"name": "settings"},
         "data": {"extra": "x"},
     }
-    Objects(world.admin).apply(
+    world.objects.apply(
         {**other, "metadata": {"name": "settings", "namespace": world.namespace}}, field_manager="other-tool"
     )
     # The next commit sets that field too: the other manager owns it, so it is refused, naming it.

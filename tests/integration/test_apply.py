@@ -30,8 +30,8 @@ pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture
-def harness(tmp_path, admin, kube_configuration, namespace, crds) -> Harness:
-    return Harness(tmp_path, admin=admin, configuration=kube_configuration, namespace=namespace)
+def harness(tmp_path, kube_api, kube_configuration, namespace, crds) -> Harness:
+    return Harness(tmp_path, api=kube_api, configuration=kube_configuration, namespace=namespace)
 
 
 @pytest.fixture

@@ -33,10 +33,10 @@ def configmap(admin: client.ApiClient, namespace: str, name: str, data: dict[str
         core.replace_namespaced_config_map(name, namespace, body)
 
 
-def test_key_config_maps_are_cached_and_refreshed_by_the_watch(admin, namespace):
+def test_key_config_maps_are_cached_and_refreshed_by_the_watch(admin, kube_api, namespace):
     """Two reads, one request; an edit is seen after its watch event; a deletion too."""
     configmap(admin, namespace, "keys", {"allowed_signers": "one"})
-    reader = CachedReader(admin, operator_namespace=namespace)
+    reader = CachedReader(kube_api, operator_namespace=namespace)
     try:
         assert reader.key_config_map("keys") == {"allowed_signers": "one"}
         assert reader.key_config_map("keys") == {"allowed_signers": "one"}
@@ -62,7 +62,7 @@ def test_key_config_maps_are_cached_and_refreshed_by_the_watch(admin, namespace)
         reader.close()
 
 
-def test_secrets_are_cached_per_namespace_and_refreshed_by_the_watch(admin, namespace):
+def test_secrets_are_cached_per_namespace_and_refreshed_by_the_watch(admin, kube_api, namespace):
     """A git Secret is read once; a rotated password is seen after the watch event."""
     core = client.CoreV1Api(admin)
 
@@ -71,7 +71,7 @@ def test_secrets_are_cached_per_namespace_and_refreshed_by_the_watch(admin, name
         return client.V1Secret(metadata=client.V1ObjectMeta(name="git"), data={"password": encoded})
 
     core.create_namespaced_secret(namespace, secret("first"))
-    reader = CachedReader(admin, operator_namespace="default")
+    reader = CachedReader(kube_api, operator_namespace="default")
     try:
         assert reader.secret_data(namespace, "git") == {"password": b"first"}
         assert reader.secret_data(namespace, "git") == {"password": b"first"}
@@ -86,7 +86,7 @@ def test_secrets_are_cached_per_namespace_and_refreshed_by_the_watch(admin, name
         reader.close()
 
 
-def test_tenants_are_cached_only_once_the_tenant_watch_has_spoken(admin, crds):
+def test_tenants_are_cached_only_once_the_tenant_watch_has_spoken(admin, kube_api, crds):
     """Until the operator's tenant watch reports, every read asks the API; after it, one read per change."""
     custom = client.CustomObjectsApi(admin)
     name = "cached-reads-tenant"
@@ -101,7 +101,7 @@ def test_tenants_are_cached_only_once_the_tenant_watch_has_spoken(admin, crds):
         },
     }
     custom.create_cluster_custom_object(resources.GROUP, resources.VERSION, "gitopstenants", body)
-    reader = CachedReader(admin, operator_namespace="default")
+    reader = CachedReader(kube_api, operator_namespace="default")
     try:
         reader.tenant(name)
         reader.tenant(name)
@@ -139,7 +139,7 @@ def test_without_permission_to_watch_every_read_asks_and_is_right(admin, namespa
         ),
     )
     configmap(admin, namespace, "keys", {"allowed_signers": "one"})
-    api = as_service_account(namespace, "getter", via="impersonation")
+    api = as_service_account(namespace, "getter", via="impersonation", gitward=True)
     reader = CachedReader(api, operator_namespace=namespace)
     try:
         wait_until(lambda: _readable(reader), timeout=30, what="the Role to reach the authorizer")

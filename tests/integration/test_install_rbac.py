@@ -102,8 +102,8 @@ def test_the_least_privilege_is_enough_to_deploy(
     tmp_path, admin, installed, kube_configuration, namespace, as_service_account
 ):
     """With its own token, the operator fences a tenant namespace and deploys into it as the tenant."""
-    operator_api = as_service_account("gitward-system", "gitward", via="token")
-    harness = Harness(tmp_path, admin=admin, configuration=kube_configuration, namespace=namespace)
+    operator_api = as_service_account("gitward-system", "gitward", via="token", gitward=True)
+    harness = Harness(tmp_path, api=operator_api, configuration=kube_configuration, namespace=namespace)
     harness.operator = Objects(operator_api)
     harness.as_tenant = lambda ns, sa: Objects(  # type: ignore[method-assign]
         clients.impersonating(operator_api.configuration, clients.ServiceAccountRef(ns, sa))

@@ -21,17 +21,17 @@ def configmap(namespace: str) -> dict:
     }
 
 
-def test_a_dry_run_apply_creates_nothing(admin, namespace):
+def test_a_dry_run_apply_creates_nothing(kube_api, namespace):
     """Server-side apply with dryRun returns the object but stores nothing."""
-    objects = Objects(admin)
+    objects = Objects(kube_api)
     returned = objects.apply(configmap(namespace), field_manager="gitward", dry_run=True)
     assert returned["data"] == {"a": "1"}
     assert objects.get(ObjectRef.of(configmap(namespace))) is None
 
 
-def test_a_dry_run_delete_deletes_nothing(admin, namespace):
+def test_a_dry_run_delete_deletes_nothing(kube_api, namespace):
     """A dry-run DELETE keeps the object (dryRun must travel in DeleteOptions, not the query string)."""
-    objects = Objects(admin)
+    objects = Objects(kube_api)
     objects.apply(configmap(namespace), field_manager="gitward")
     ref = ObjectRef.of(configmap(namespace))
     assert objects.delete(ref, dry_run=True) is True
@@ -41,17 +41,17 @@ def test_a_dry_run_delete_deletes_nothing(admin, namespace):
     assert objects.delete(ref) is False
 
 
-def test_reapplying_the_same_object_leaves_it_unchanged(admin, namespace):
+def test_reapplying_the_same_object_leaves_it_unchanged(kube_api, namespace):
     """A second identical apply does not bump the resourceVersion (how 'unchanged' is detected)."""
-    objects = Objects(admin)
+    objects = Objects(kube_api)
     first = objects.apply(configmap(namespace), field_manager="gitward")
     second = objects.apply(configmap(namespace), field_manager="gitward")
     assert first["metadata"]["resourceVersion"] == second["metadata"]["resourceVersion"]
 
 
-def test_unknown_kinds_and_errors_are_ours(admin, namespace):
+def test_unknown_kinds_and_errors_are_ours(kube_api, namespace):
     """An unserved kind is DryRunFailed; an invalid object is an APIError carrying the server's message."""
-    objects = Objects(admin)
+    objects = Objects(kube_api)
     with pytest.raises(Stalled) as unknown:
         objects.resource("example.com/v1", "Widget")
     assert unknown.value.reason is Reason.DRY_RUN_FAILED
@@ -63,9 +63,9 @@ def test_unknown_kinds_and_errors_are_ours(admin, namespace):
     assert "70000" in invalid.value.message
 
 
-def test_create_and_merge_patch(admin, namespace):
+def test_create_and_merge_patch(kube_api, namespace):
     """create returns None when the name is taken; merge_patch changes only what it names."""
-    objects = Objects(admin)
+    objects = Objects(kube_api)
     assert objects.create(configmap(namespace)) is not None
     assert objects.create(configmap(namespace)) is None
     patched = objects.merge_patch(ObjectRef.of(configmap(namespace)), {"data": {"b": "2"}})

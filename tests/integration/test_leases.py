@@ -10,7 +10,7 @@ loser's read and its write, so the API server itself answers 409.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import subprocess
 import sys
 import threading
@@ -22,6 +22,7 @@ import pytest
 from kubernetes import client
 
 from gitward.kube import clients
+from gitward.kube.http import Connection
 from gitward.kube.leases import LOST_EXIT_CODE, LeaderElector, Record, Timing
 from support.kube import read_lease
 from support.waiting import wait_until
@@ -37,8 +38,8 @@ def lease(admin: client.ApiClient, namespace: str, name: str = "gitward-shard-t"
 class Electors:
     """Electors for one Lease; every renew thread is stopped at the end, also when the test fails."""
 
-    def __init__(self, admin: client.ApiClient, namespace: str) -> None:
-        self.admin = admin
+    def __init__(self, api: Connection, namespace: str) -> None:
+        self.api = api
         self.namespace = namespace
         self.made: list[LeaderElector] = []
         self.unexpected: list[str] = []  # leases lost by electors whose test did not expect it
@@ -48,9 +49,7 @@ class Electors:
     ) -> LeaderElector:
         kwargs.setdefault("timing", FAST)
         kwargs.setdefault("on_lost", lambda why: self.unexpected.append(f"{identity}: {why}"))
-        elector = cls(
-            self.admin, namespace=self.namespace, name="gitward-shard-t", identity=identity, **kwargs
-        )
+        elector = cls(self.api, namespace=self.namespace, name="gitward-shard-t", identity=identity, **kwargs)
         self.made.append(elector)
         return elector
 
@@ -60,8 +59,8 @@ class Electors:
 
 
 @pytest.fixture
-def electors(admin, namespace):
-    made = Electors(admin, namespace)
+def electors(kube_api, namespace):
+    made = Electors(kube_api, namespace)
     yield made
     made.close()
     assert not made.unexpected, "an elector lost its lease unexpectedly"
@@ -128,8 +127,7 @@ def test_a_holder_that_cannot_renew_stops_before_anyone_may_take_over(
     a.start_renewing()
     first = lease(admin, namespace)
     wait_until(lambda: lease(admin, namespace).renew_time > first.renew_time, timeout=5, what="a renewal")
-    unreachable = copy.deepcopy(kube_configuration)
-    unreachable.host = "https://127.0.0.1:9"  # nothing listens there
+    unreachable = dataclasses.replace(kube_configuration, host="https://127.0.0.1:9")  # nothing listens there
     a.api = clients.api_client(unreachable)
     wait_until(lambda: lost, timeout=10, what="the holder to give up")
     gave_up, why = lost[0]
@@ -231,16 +229,16 @@ def test_many_candidates_at_once_elect_exactly_one(admin, namespace, electors):
 
 
 LOSE_IN_A_PROCESS = """
-import copy, sys, time
+import dataclasses, sys, time
 from gitward.kube import clients
+from gitward.kube.http import Connection
 from gitward.kube.leases import LeaderElector, Timing
 configuration = clients.load_configuration(sys.argv[1])
 elector = LeaderElector(clients.api_client(configuration), namespace=sys.argv[2], name="gitward-shard-t",
                         identity="doomed", timing=Timing(3, 2, 0.5))
 assert elector.try_acquire_or_renew()
 elector.start_renewing()
-broken = copy.deepcopy(configuration)
-broken.host = "https://127.0.0.1:9"
+broken = dataclasses.replace(configuration, host="https://127.0.0.1:9")
 elector.api = clients.api_client(broken)
 time.sleep(30)
 print("still running: leadership was never given up")

@@ -22,7 +22,7 @@ def token_for(admin: client.ApiClient, namespace: str, name: str) -> str:
     return str(core.create_namespaced_service_account_token(name, namespace, request).status.token)
 
 
-def test_only_a_token_allowed_to_get_metrics_reads_them(admin, namespace):
+def test_only_a_token_allowed_to_get_metrics_reads_them(admin, kube_api, namespace):
     """A scraper bound to get /metrics is allowed; another valid token, a forged one and none are not."""
     rbac = client.RbacAuthorizationV1Api(admin)
     reader_role = f"metrics-reader-{namespace}"
@@ -44,9 +44,9 @@ def test_only_a_token_allowed_to_get_metrics_reads_them(admin, namespace):
     try:
         scraper = token_for(admin, namespace, "prometheus")
         other = token_for(admin, namespace, "someone")
-        access = MetricsAccess(admin)
+        access = MetricsAccess(kube_api)
         wait_until(
-            lambda: MetricsAccess(admin).allowed(scraper), timeout=30, what="the binding to take effect"
+            lambda: MetricsAccess(kube_api).allowed(scraper), timeout=30, what="the binding to take effect"
         )
         assert access.allowed(scraper)
         assert not access.allowed(other)

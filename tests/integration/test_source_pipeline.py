@@ -39,7 +39,7 @@ def operator_namespace(admin):
 
 
 @pytest.fixture
-def world(tmp_path, admin, crds, namespace, operator_namespace):
+def world(tmp_path, admin, kube_api, crds, namespace, operator_namespace):
     """A signed repository on an HTTPS server, a tenant that allows it, its keys and the app's Secret."""
     signer = SshIdentity.create(tmp_path / "keys", "signer")
     work = WorkRepo.create(tmp_path / "work")
@@ -91,7 +91,7 @@ def world(tmp_path, admin, crds, namespace, operator_namespace):
                 "signer": signer,
                 "tenant": tenant_name,
                 "namespace": namespace,
-                "reader": KubeReader(admin, operator_namespace=operator_namespace),
+                "reader": KubeReader(kube_api, operator_namespace=operator_namespace),
                 "options": git.FetchOptions(cache_root=tmp_path / "cache", timeout=20),
             }
         finally:

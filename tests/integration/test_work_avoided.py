@@ -45,9 +45,9 @@ class CountingObjects(Objects):
 
 
 @pytest.fixture
-def harness(tmp_path, admin, kube_configuration, namespace, crds) -> Harness:
-    made = Harness(tmp_path, admin=admin, configuration=kube_configuration, namespace=namespace)
-    made.operator = CountingObjects(admin)
+def harness(tmp_path, kube_api, kube_configuration, namespace, crds) -> Harness:
+    made = Harness(tmp_path, api=kube_api, configuration=kube_configuration, namespace=namespace)
+    made.operator = CountingObjects(kube_api)
     tenants: dict[str, CountingObjects] = {}
 
     def as_tenant(ns: str, account: str) -> Objects:
@@ -142,9 +142,9 @@ def test_the_fence_is_written_when_it_changes_not_on_every_deploy(harness, admin
     assert quota["spec"]["hard"]["pods"] == "21"
 
 
-def test_an_apps_records_are_listed_once_and_the_chain_stays_whole(admin, namespace, crds):
+def test_an_apps_records_are_listed_once_and_the_chain_stays_whole(kube_api, namespace, crds):
     """The history cache: one LIST per app per process, the same chain, trimming and baseline as without it."""
-    objects = CountingObjects(admin)
+    objects = CountingObjects(kube_api)
     history = store.History()
     # Records are owned by their app: without a real one, the garbage collector would delete them.
     app = objects.create(

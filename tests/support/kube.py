@@ -27,6 +27,9 @@ from kubernetes.client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
 from gitward.api import resources
+from gitward.kube import clients
+from gitward.kube.config import Configuration, Credential, StaticCredentials
+from gitward.kube.http import Connection
 from gitward.kube.leases import Record
 from support.paths import CLUSTER
 
@@ -37,6 +40,25 @@ def api_error_message(error: ApiException) -> str:
         return str(json.loads(error.body).get("message", error.body))
     except (TypeError, ValueError):
         return str(error.body)
+
+
+def gitward_connection(admin: client.ApiClient) -> Connection:
+    """gitward's own client for the server and identity of a ``kubernetes`` client (the harness's admin)."""
+    configuration = admin.configuration
+    header = configuration.get_api_key_with_prefix("BearerToken") or configuration.get_api_key_with_prefix(
+        "authorization"
+    )
+    token = (header or "").rpartition(" ")[2] or None
+    return clients.api_client(
+        Configuration(
+            host=configuration.host,
+            ca_path=configuration.ssl_ca_cert,
+            insecure=not configuration.verify_ssl,
+            certificate_path=configuration.cert_file,
+            private_key_path=configuration.key_file,
+            credentials=StaticCredentials(Credential(token=token)),
+        )
+    )
 
 
 @contextlib.contextmanager

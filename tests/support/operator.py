@@ -27,6 +27,7 @@ from gitward.kube.objects import Objects
 from gitward.source.urls import parse
 from gitward.webhook import route_path, route_token
 from support.gitservers import HttpsGitServer, free_port
+from support.kube import gitward_connection
 from support.signing import SshIdentity, WorkRepo
 from support.toolpaths import kubectl_binary, sops_binary
 from support.waiting import wait_until
@@ -135,7 +136,7 @@ class World:
         self, root: Path, admin: client.ApiClient, server: HttpsGitServer, operator_namespace: str
     ) -> None:
         self.admin = admin
-        self.objects = Objects(admin)
+        self.objects = Objects(gitward_connection(admin))
         self.server = server
         self.operator_namespace = operator_namespace
         self.id = uuid.uuid4().hex[:8]

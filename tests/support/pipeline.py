@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kubernetes import client
 
 from gitward.api.conditions import Reason
 from gitward.api.refs import ObjectRef
 from gitward.apply.run import ApplyResult, HealthWaiter
 from gitward.errors import Stalled
 from gitward.kube import clients
+from gitward.kube.config import Configuration
+from gitward.kube.http import Connection
 from gitward.kube.objects import Objects
 from gitward.reconcile.state import Run, Services
 from gitward.reconcile.status import Step
@@ -112,8 +113,8 @@ class Harness:
         self,
         root: Path,
         *,
-        admin: client.ApiClient,
-        configuration: client.Configuration,
+        api: Connection,
+        configuration: Configuration,
         namespace: str,
         policy: Mapping[str, Any] | None = None,
         isolation: Mapping[str, Any] | None = None,
@@ -142,9 +143,8 @@ class Harness:
             ),
         }
         self.options = git.FetchOptions(cache_root=root / "cache", allow_file_transport=True, timeout=30)
-        self.operator = Objects(admin)
+        self.operator = Objects(api)
         self.configuration = configuration
-        self.admin = admin
         self.last_applied: str | None = None
         self.inventory: tuple[ObjectRef, ...] = ()
         self.app_spec: dict[str, Any] = {"healthTimeout": "60s"}

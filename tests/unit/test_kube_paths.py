@@ -97,13 +97,10 @@ class RecordingApi:
     def __init__(self) -> None:
         self.paths: list[str] = []
 
-    def param_serialize(self, *, method, resource_path, **_):
-        self.paths.append(resource_path)
-        return method, resource_path, {}, None, []
-
-    def call_api(self, *_args, **_kwargs):
+    def request(self, _method, path, **_):
+        self.paths.append(path)
         discovery = b'{"resources": [{"name": "secrets", "kind": "Secret", "namespaced": true}]}'
-        return mock.Mock(status=200, reason="OK", read=mock.Mock(return_value=discovery))
+        return mock.Mock(status=200, reason="OK", headers={}, read=mock.Mock(return_value=discovery))
 
 
 @pytest.mark.parametrize(

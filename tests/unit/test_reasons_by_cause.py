@@ -5,22 +5,20 @@ from __future__ import annotations
 import os
 
 import pytest
-from kubernetes import client
 
 from gitward.api.conditions import Reason
 from gitward.api.refs import ObjectRef
 from gitward.errors import Waiting
+from gitward.kube.config import Configuration
+from gitward.kube.http import Connection
 from gitward.kube.objects import APIError, Objects, classify
 from gitward.kube.reads import KubeReader
 from gitward.trust.tools import run_tool
 from support.gitservers import closed_port
 
 
-def unreachable_api(port: int) -> client.ApiClient:
-    configuration = client.Configuration()
-    configuration.host = f"http://127.0.0.1:{port}"
-    configuration.retries = False
-    return client.ApiClient(configuration)
+def unreachable_api(port: int) -> Connection:
+    return Connection(Configuration(host=f"http://127.0.0.1:{port}"))
 
 
 @pytest.mark.parametrize(

@@ -30,16 +30,17 @@ timeout, so a connection the API server left hanging cannot keep a watch
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from kubernetes import client, watch
-from kubernetes.client import ApiException
 from urllib3.exceptions import HTTPError
 
+from gitward.kube.http import Connection
+from gitward.kube.objects import APIError, fetch, path_segment, stream_events
 from gitward.kube.reads import KubeReader
 
 _LOG = logging.getLogger(__name__)
@@ -51,26 +52,25 @@ _TRANSIENT = frozenset({429, 500, 502, 503, 504})
 
 
 class _NamespaceWatch:
-    """One watch on a kind in a namespace; ``live`` while events are flowing."""
+    """One watch on a kind (``configmaps``, ``secrets``) in a namespace; ``live`` while events are flowing."""
 
     def __init__(
-        self, namespace: str, list_call: Callable[..., Any], on_event: Callable[[str, str], None]
+        self, api: Connection, namespace: str, plural: str, on_event: Callable[[str, str], None]
     ) -> None:
+        self.api = api
         self.namespace = namespace
-        self.list_call = list_call
+        self.plural = plural
         self.on_event = on_event
         self.live = threading.Event()
         self.stopping = threading.Event()
-        self.watcher: watch.Watch | None = None
         self.thread = threading.Thread(target=self._run, name=f"gitward-watch-{namespace}", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
 
     def stop(self) -> None:
+        """Stop after the next event, or when the server ends the watch (as the old client's Watch did)."""
         self.stopping.set()
-        if self.watcher is not None:
-            self.watcher.stop()
 
     def _run(self) -> None:
         failures = 0
@@ -93,23 +93,28 @@ class _NamespaceWatch:
             self.stopping.wait(retry_delay(failures, cap=cap, jitter=random.random()))  # noqa: S311
 
     def _events(self) -> Iterator[None]:
-        listing = self.list_call(self.namespace, limit=1, _request_timeout=(_CONNECT_SECONDS, 60))
-        version = listing.metadata.resource_version
-        self.watcher = watch.Watch()
-        stream = self.watcher.stream(
-            self.list_call,
-            self.namespace,
-            resource_version=version,
-            timeout_seconds=_WATCH_SECONDS,
-            allow_watch_bookmarks=True,
+        path = f"/api/v1/namespaces/{path_segment(self.namespace, 'namespace')}/{self.plural}"
+        listing = fetch(self.api, "GET", path, query=[("limit", "1")], timeout=(_CONNECT_SECONDS, 60))
+        if not listing.ok:
+            raise listing.error()
+        version = str((json.loads(listing.data).get("metadata") or {}).get("resourceVersion") or "")
+        stream = stream_events(
+            self.api,
+            path,
+            query=[
+                ("watch", "true"),
+                ("resourceVersion", version),
+                ("timeoutSeconds", str(_WATCH_SECONDS)),
+                ("allowWatchBookmarks", "true"),
+            ],
             # The server ends the watch after _WATCH_SECONDS; a connection it left hanging is given up
             # soon after, rather than kept "live" for ever on events that no longer come.
-            _request_timeout=(_CONNECT_SECONDS, _WATCH_SECONDS + 30),
+            timeout=(_CONNECT_SECONDS, _WATCH_SECONDS + 30),
         )
         self.live.set()
         for event in stream:
-            obj = event.get("object")
-            name = getattr(getattr(obj, "metadata", None), "name", None) or ""
+            obj = event.get("object") or {}
+            name = str((obj.get("metadata") or {}).get("name") or "") if isinstance(obj, dict) else ""
             if event.get("type") != "BOOKMARK" and name:
                 self.on_event(self.namespace, name)
             yield None
@@ -117,8 +122,8 @@ class _NamespaceWatch:
 
 def _transient(error: Exception) -> bool:
     """No answer from the API server (a transport error), or one that says to come back: 429, 5xx."""
-    if isinstance(error, ApiException):
-        return not error.status or int(error.status) in _TRANSIENT
+    if isinstance(error, APIError):
+        return not error.status or error.status in _TRANSIENT
     return isinstance(error, HTTPError | OSError)
 
 
@@ -134,7 +139,7 @@ def retry_delay(failures: int, *, cap: float, jitter: float) -> float:
 class CachedReader(KubeReader):
     """A :class:`KubeReader` whose reads are served from memory while a watch keeps them fresh."""
 
-    def __init__(self, api: client.ApiClient, *, operator_namespace: str) -> None:
+    def __init__(self, api: Connection, *, operator_namespace: str) -> None:
         super().__init__(api, operator_namespace=operator_namespace)
         self._lock = threading.Lock()
         self._tenants: dict[str, Mapping[str, Any]] = {}
@@ -200,11 +205,8 @@ class CachedReader(KubeReader):
             found = self._watches.get((kind, namespace))
             if found is not None:
                 return found
-            core = client.CoreV1Api(self.api)
-            if kind == "configmaps":
-                started = _NamespaceWatch(namespace, core.list_namespaced_config_map, self._config_map_event)
-            else:
-                started = _NamespaceWatch(namespace, core.list_namespaced_secret, self._secret_event)
+            on_event = self._config_map_event if kind == "configmaps" else self._secret_event
+            started = _NamespaceWatch(self.api, namespace, kind, on_event)
             self._watches[(kind, namespace)] = started
         started.start()
         started.live.wait(timeout=2.0)  # the first read in a namespace may wait for its watch, briefly

@@ -5,22 +5,25 @@ ServiceAccount, so the API server's RBAC is a second wall behind gitward's
 own checks. When only the user is impersonated, the API server adds the
 ServiceAccount's groups itself (``system:serviceaccounts`` and
 ``system:serviceaccounts:<namespace>``), so one header is exact.
+
+The clients are gitward's own (:mod:`gitward.kube.http` on urllib3, set up
+by :mod:`gitward.kube.config`): the ``kubernetes`` package is not imported
+by the operator.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Final
 
-from kubernetes import client, config
-
-from gitward import metrics
+from gitward.kube import config, http
+from gitward.kube.config import Configuration
+from gitward.kube.http import Connection
 
 IMPERSONATE_USER_HEADER: Final = "Impersonate-User"
 # Keep-alive connections kept per API server: every reconcile thread shares one client, so the
 # pool must hold as many connections as threads use at once, or each overflow is a new TLS handshake.
-CONNECTION_POOL_SIZE: Final = 64
+CONNECTION_POOL_SIZE: Final = http.POOL_SIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,58 +39,48 @@ class ServiceAccountRef:
         return f"system:serviceaccount:{self.namespace}:{self.name}"
 
 
-def load_configuration(kubeconfig: str | None = None) -> client.Configuration:
-    """Load in-cluster credentials when running in a pod, else the kubeconfig."""
-    configuration = client.Configuration()
-    if kubeconfig is None:
-        try:
-            config.load_incluster_config(client_configuration=configuration)
-        except config.ConfigException:
-            config.load_kube_config(client_configuration=configuration)
-        else:
-            return configuration
-    else:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    return configuration
+def load_configuration(kubeconfig: str | None = None) -> Configuration:
+    """Load in-cluster credentials when running in a pod, else the kubeconfig (``config.ConfigError``)."""
+    return config.load(kubeconfig)
 
 
-def api_client(configuration: client.Configuration) -> client.ApiClient:
+def api_client(configuration: Configuration) -> Connection:
     """A client with the operator's own identity, its requests counted by verb."""
-    configuration.connection_pool_maxsize = max(
-        configuration.connection_pool_maxsize or 0, CONNECTION_POOL_SIZE
-    )
-    api = client.ApiClient(configuration)
-    rest = api.rest_client
-    request = rest.request
-
-    def counted(method: str, url: str, *args: object, **kwargs: object) -> object:
-        verb = "WATCH" if method == "GET" and "watch=true" in url.lower() else method
-        metrics.KUBE_REQUESTS.labels(verb).inc()
-        return request(method, url, *args, **kwargs)
-
-    rest.request = counted  # type: ignore[method-assign]
-    return api
+    return Connection(configuration, counted=True)
 
 
-def impersonating(configuration: client.Configuration, account: ServiceAccountRef) -> client.ApiClient:
+def impersonating(configuration: Configuration, account: ServiceAccountRef) -> Connection:
     """A client whose every request is authorized as ``account`` by the API server."""
-    api = client.ApiClient(copy.deepcopy(configuration))
-    api.set_default_header(IMPERSONATE_USER_HEADER, account.username)
-    return api
+    return Connection(configuration, headers={IMPERSONATE_USER_HEADER: account.username})
 
 
-def connection_parts(configuration: client.Configuration) -> dict[str, str | bool | None]:
-    """What kopf's login needs from a client configuration: server, TLS files, and a bearer token if any."""
-    header = configuration.get_api_key_with_prefix("BearerToken") or configuration.get_api_key_with_prefix(
-        "authorization"
-    )
-    scheme, _, token = (header or "").rpartition(" ")
-    return {
+def connection_parts(configuration: Configuration) -> dict[str, str | bool | None]:
+    """What kopf's login needs (``kopf.ConnectionInfo``'s arguments): server, TLS, and the current credential.
+
+    Certificate data is passed as PEM text (kopf writes its own files); the token is
+    the one valid now (kopf logs in again when the API server refuses it).
+    """
+    credential = configuration.credentials.current()
+    token = credential.token
+    parts: dict[str, str | bool | None] = {
         "server": configuration.host,
-        "ca_path": configuration.ssl_ca_cert,
-        "insecure": not configuration.verify_ssl,
-        "certificate_path": configuration.cert_file,
-        "private_key_path": configuration.key_file,
-        "scheme": scheme or ("Bearer" if token else None),
-        "token": token or None,
+        "insecure": configuration.insecure,
+        "scheme": "Bearer" if token else None,
+        "token": token,
     }
+    if configuration.ca_data:
+        parts["ca_data"] = configuration.ca_data
+    elif configuration.ca_path:
+        parts["ca_path"] = configuration.ca_path
+    if credential.certificate and credential.private_key:
+        parts["certificate_data"], parts["private_key_data"] = credential.certificate, credential.private_key
+    else:
+        if configuration.certificate_data or configuration.certificate_path:
+            key = "certificate_data" if configuration.certificate_data else "certificate_path"
+            parts[key] = configuration.certificate_data or configuration.certificate_path
+        if configuration.private_key_data or configuration.private_key_path:
+            key = "private_key_data" if configuration.private_key_data else "private_key_path"
+            parts[key] = configuration.private_key_data or configuration.private_key_path
+    if not token and configuration.username:
+        parts["username"], parts["password"] = configuration.username, configuration.password
+    return parts

@@ -46,17 +46,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from kubernetes import client
-from kubernetes.client import ApiException
-from urllib3.exceptions import HTTPError
+from urllib3.util import Retry
 
-from gitward.kube.objects import APIError, Resource
+from gitward.kube.http import Connection
+from gitward.kube.objects import APIError, Resource, fetch, json_body
 
 LEASES = Resource("coordination.k8s.io", "v1", "Lease", "leases", namespaced=True)
 LOST_EXIT_CODE = 1  # what the process exits with when it can no longer be sure it holds its Lease
 JITTER = 1.2  # client-go's JitterFactor: a candidate retries every retry period plus up to 120% of it
 _CONFLICT, _NOT_FOUND = 409, 404
 _LOG = structlog.get_logger("gitward.leases")
+# A connection that fails is tried once more (nothing was sent); an answer that does not come is not
+# waited for twice: the renewal is tried again after the retry period anyway.
+_RETRIES = Retry(total=1, connect=1, read=0, redirect=0, status=0, other=0, raise_on_status=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +173,7 @@ class LeaderElector:
 
     def __init__(
         self,
-        api: client.ApiClient,
+        api: Connection,
         *,
         namespace: str,
         name: str,
@@ -422,26 +424,18 @@ class LeaderElector:
 
     def _request(self, method: str, path: str, body: object = None) -> Any:  # noqa: ANN401 - raw JSON
         """One request with a bounded timeout; raises :class:`APIError` for any failure."""
-        method, url, headers, serialized, post_params = self.api.param_serialize(
-            method=method,
-            resource_path=path,
-            header_params={"Content-Type": "application/json", "Accept": "application/json"},
-            body=body,
-            auth_settings=["BearerToken"],
+        answer = fetch(
+            self.api,
+            method,
+            path,
+            body=json_body(body),
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+            timeout=self.timing.request_timeout,
+            retries=_RETRIES,
         )
+        if not answer.ok:
+            raise answer.error()
         try:
-            response = self.api.call_api(
-                method, url, header_params=headers, body=serialized, post_params=post_params,
-                _request_timeout=self.timing.request_timeout,
-            )  # fmt: skip
-            data = response.read()
-        except ApiException as error:
-            raise APIError(int(error.status or 0), str(error.reason or error)) from None
-        except (OSError, HTTPError) as error:
-            raise APIError(0, f"cannot reach the API server: {type(error).__name__}") from None
-        if not 200 <= response.status <= 299:  # noqa: PLR2004 - the HTTP success range
-            raise APIError.from_response(response.status, data, response.reason)
-        try:
-            return json.loads(data) if data else {}
+            return json.loads(answer.data) if answer.data else {}
         except ValueError:  # an answer cut short or garbled on the way: no answer, tried again
             raise APIError(0, "the API server's answer was not JSON") from None

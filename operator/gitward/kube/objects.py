@@ -15,19 +15,20 @@ import json
 import random
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from kubernetes import client
-from kubernetes.client import ApiException
+from urllib3 import HTTPHeaderDict
 from urllib3.exceptions import HTTPError
+from urllib3.util import Retry
 
 from gitward.api.conditions import Reason
 from gitward.api.refs import ObjectRef
 from gitward.errors import GitwardError, Stalled, Waiting, truncate
 from gitward.kube.clients import IMPERSONATE_USER_HEADER
+from gitward.kube.http import Connection, Timeouts
 
 _NOT_FOUND = 404
 _TOO_MANY_REQUESTS = 429
@@ -146,10 +147,111 @@ def _api_base(group: str, version: str) -> str:
     return f"/apis/{path_segment(group, 'group')}/{path_segment(version, 'version')}"
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An answer from the API server, read whole."""
+
+    status: int
+    reason: str | None
+    headers: HTTPHeaderDict
+    data: bytes
+
+    @property
+    def ok(self) -> bool:
+        """Whether the status is a success (2xx)."""
+        return 200 <= self.status <= 299  # noqa: PLR2004 - the HTTP success range
+
+    def error(self) -> APIError:
+        """The error this answer is, quoting the server's own message."""
+        return APIError.from_response(self.status, self.data, self.reason)
+
+
+def fetch(
+    api: Connection,
+    method: str,
+    path: str,
+    *,
+    query: Sequence[tuple[str, str]] = (),
+    body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: Timeouts = 60,
+    retries: Retry | None = None,
+) -> Answer:
+    """One request and its whole answer; :class:`APIError` with status 0 when there is none."""
+    try:
+        response = api.request(
+            method, path, query=query, body=body, headers=headers, timeout=timeout, retries=retries
+        )
+    except (OSError, HTTPError) as error:  # no answer: urllib3's MaxRetryError, ProtocolError
+        raise APIError(0, f"cannot reach the API server: {type(error).__name__}") from None
+    try:
+        data = response.read()
+    except (OSError, HTTPError) as error:
+        response.close()  # cut off mid-answer: the connection cannot be reused
+        raise APIError(0, f"the API server's answer broke off: {type(error).__name__}") from None
+    finally:
+        response.release_conn()
+    return Answer(response.status, response.reason, response.headers, data)
+
+
+def json_body(body: object) -> bytes | None:
+    """A request body as bytes: text as it is (apply sends YAML's JSON), anything else as JSON."""
+    if body is None or isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        return body.encode()
+    return json.dumps(body).encode()
+
+
+def stream_events(
+    api: Connection,
+    path: str,
+    *,
+    query: Sequence[tuple[str, str]],
+    headers: Mapping[str, str] | None = None,
+    timeout: Timeouts,
+) -> Iterator[dict[str, Any]]:
+    """The events of a watch (``watch=true`` in ``query``) as they come, one JSON line each.
+
+    Raises :class:`APIError`: for an answer that is not a stream (410: the version is too
+    old), for an ``ERROR`` event, and with status 0 when the stream breaks off. The
+    connection is closed at the end, never returned mid-stream to the pool.
+    """
+    try:
+        raw = api.request(
+            "GET",
+            path,
+            query=query,
+            headers={"Accept": "application/json", **(headers or {})},
+            timeout=timeout,
+        )
+    except (OSError, HTTPError) as error:
+        raise APIError(0, f"cannot reach the API server: {type(error).__name__}") from None
+    try:
+        if not 200 <= raw.status <= 299:  # noqa: PLR2004 - the HTTP success range
+            raise APIError.from_response(raw.status, raw.read(), raw.reason)
+        pending = b""
+        for chunk in raw.stream(64 * 1024):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    event = json.loads(line)
+                    if event.get("type") == "ERROR":
+                        status = event.get("object") or {}
+                        raise APIError(int(status.get("code") or 0), str(status.get("message") or ""))
+                    yield event
+    except (OSError, HTTPError) as error:
+        raise APIError(0, f"the watch broke off: {type(error).__name__}") from None
+    finally:
+        raw.close()  # a watch left mid-stream cannot go back to the pool as a clean connection
+        raw.release_conn()
+
+
 class Objects:
     """Object access through one API client (the operator's, or one impersonating a tenant)."""
 
-    def __init__(self, api: client.ApiClient, *, impersonate: str = "") -> None:
+    def __init__(self, api: Connection, *, impersonate: str = "") -> None:
         self.api = api
         # Impersonation is a header on each request, so every tenant shares the operator's one
         # client and its keep-alive connections (a client per tenant meant a TLS handshake each).
@@ -178,43 +280,23 @@ class Objects:
 
         With ``text``, the answer is returned as text (a log), not parsed as JSON.
         """
-        method, url, headers, serialized, post_params = self.api.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=query or [],
-            header_params={
-                "Content-Type": content_type,
-                "Accept": "*/*" if text else "application/json",
-                **({IMPERSONATE_USER_HEADER: self.impersonate} if self.impersonate else {}),
-            },
-            body=body,
-            auth_settings=["BearerToken"],
-        )
+        headers = {
+            "Content-Type": content_type,
+            "Accept": "*/*" if text else "application/json",
+            **({IMPERSONATE_USER_HEADER: self.impersonate} if self.impersonate else {}),
+        }
         for attempt in range(_THROTTLED_ATTEMPTS):
-            try:
-                response = self.api.call_api(
-                    method,
-                    url,
-                    header_params=headers,
-                    body=serialized,
-                    post_params=post_params,
-                    _request_timeout=60,
-                )
-            except ApiException as error:  # raised by the REST layer for transport-level failures
-                raise APIError(int(error.status or 0), str(error.reason or error)) from None
-            except (OSError, HTTPError) as error:  # no answer: urllib3's MaxRetryError, ProtocolError
-                raise APIError(0, f"cannot reach the API server: {type(error).__name__}") from None
-            try:
-                data = response.read()
-            except (OSError, HTTPError) as error:
-                raise APIError(0, f"the API server's answer broke off: {type(error).__name__}") from None
+            response = fetch(
+                self.api, method, path, query=query or [], body=json_body(body), headers=headers, timeout=60
+            )
+            data = response.data
             if response.status == _TOO_MANY_REQUESTS and attempt < _THROTTLED_ATTEMPTS - 1:
                 # The API server sheds load with 429 and says when to come back; as client-go does,
                 # that is waited out here (bounded, jittered) rather than failing the reconcile.
-                time.sleep(_retry_after(response.getheader("Retry-After"), attempt))
+                time.sleep(_retry_after(response.headers.get("Retry-After"), attempt))
                 continue
-            if not 200 <= response.status <= 299:  # noqa: PLR2004 - the HTTP success range
-                raise APIError.from_response(response.status, data, response.reason)
+            if not response.ok:
+                raise response.error()
             if text:
                 return data.decode("utf-8", errors="replace")
             return json.loads(data) if data else {}
@@ -328,44 +410,13 @@ class Objects:
             ("timeoutSeconds", str(seconds)),
             ("allowWatchBookmarks", "true"),
         ]
-        method, url, headers, _, _ = self.api.param_serialize(
-            method="GET",
-            resource_path=resource.path(namespace=namespace),
-            query_params=query,
-            header_params={
-                "Accept": "application/json",
-                **({IMPERSONATE_USER_HEADER: self.impersonate} if self.impersonate else {}),
-            },
-            auth_settings=["BearerToken"],
+        yield from stream_events(
+            self.api,
+            resource.path(namespace=namespace),
+            query=query,
+            headers={IMPERSONATE_USER_HEADER: self.impersonate} if self.impersonate else None,
+            timeout=(10, seconds + 30),
         )
-        try:
-            response = self.api.call_api(
-                method, url, header_params=headers, _request_timeout=(10, seconds + 30)
-            )
-        except ApiException as error:
-            raise APIError(int(error.status or 0), str(error.reason or error)) from None
-        except (OSError, HTTPError) as error:
-            raise APIError(0, f"cannot reach the API server: {type(error).__name__}") from None
-        raw = response.response
-        try:
-            if not 200 <= response.status <= 299:  # noqa: PLR2004 - the HTTP success range
-                raise APIError.from_response(response.status, raw.read(), response.reason)
-            pending = b""
-            for chunk in raw.stream(64 * 1024):
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    if line.strip():
-                        event = json.loads(line)
-                        if event.get("type") == "ERROR":
-                            status = event.get("object") or {}
-                            raise APIError(int(status.get("code") or 0), str(status.get("message") or ""))
-                        yield event
-        except (OSError, HTTPError) as error:
-            raise APIError(0, f"the watch broke off: {type(error).__name__}") from None
-        finally:
-            raw.close()  # a watch left mid-stream cannot go back to the pool as a clean connection
-            raw.release_conn()
 
     def create(self, body: Mapping[str, Any], *, dry_run: bool = False) -> dict[str, Any] | None:
         """Create an object; None if one of that name already exists."""

@@ -5,26 +5,33 @@ whether that identity may ``get`` the non-resource URL ``/metrics``. Both
 answers are cached for a minute per token digest (never the token
 itself), so a scrape every few seconds costs the API server two requests a
 minute, and a flood of bad tokens costs at most two per distinct token.
+Each review has a timeout; an error answer or none at all raises
+:class:`~gitward.kube.objects.APIError` (the scrape is answered 503) and
+is not cached. The token itself is never in an error message.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
-from kubernetes import client
+from gitward.kube.http import Connection
+from gitward.kube.objects import APIError, fetch
 
 _CACHE_SECONDS = 60.0
 _CACHE_SIZE = 1024
+_TIMEOUT = (10, 30)  # connect, read: a scrape waits on these two reviews
 
 
 class MetricsAccess:
     """Decides, through the API server, whether a bearer token may read ``/metrics``."""
 
-    def __init__(self, api: client.ApiClient, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, api: Connection, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.api = api
         self.clock = clock
         self._lock = threading.Lock()
@@ -48,20 +55,43 @@ class MetricsAccess:
         return answer
 
     def _review(self, token: str) -> bool:
-        review = client.AuthenticationV1Api(self.api).create_token_review(
-            client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token))
+        review = self._create(
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}},
         )
-        status = review.status
-        if status is None or not status.authenticated or status.user is None:
+        status = review.get("status") or {}
+        user = status.get("user")
+        if not status.get("authenticated") or not isinstance(user, dict):
             return False
-        access = client.AuthorizationV1Api(self.api).create_subject_access_review(
-            client.V1SubjectAccessReview(
-                spec=client.V1SubjectAccessReviewSpec(
-                    user=status.user.username,
-                    groups=status.user.groups,
-                    uid=status.user.uid,
-                    non_resource_attributes=client.V1NonResourceAttributes(path="/metrics", verb="get"),
-                )
-            )
+        spec: dict[str, Any] = {
+            "user": user.get("username"),
+            "groups": user.get("groups"),
+            "uid": user.get("uid"),
+            "nonResourceAttributes": {"path": "/metrics", "verb": "get"},
+        }
+        access = self._create(
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            {
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SubjectAccessReview",
+                "spec": {key: value for key, value in spec.items() if value is not None},
+            },
         )
-        return bool(access.status and access.status.allowed)
+        return bool((access.get("status") or {}).get("allowed"))
+
+    def _create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        answer = fetch(
+            self.api,
+            "POST",
+            path,
+            body=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+            timeout=_TIMEOUT,
+        )
+        if not answer.ok:
+            raise answer.error()
+        try:
+            created = json.loads(answer.data)
+        except ValueError:
+            raise APIError(0, "the API server's answer was not JSON") from None
+        return created if isinstance(created, dict) else {}
