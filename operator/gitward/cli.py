@@ -262,6 +262,18 @@ def _few_malloc_arenas() -> None:
         libc.mallopt(m_arena_max, 2)
 
 
+def _without_kubernetes_client() -> None:
+    """Keep the ``kubernetes`` package out of the operator process, even where it is installed.
+
+    gitward talks to the API through its own client (``gitward.kube``). kopf imports the
+    ``kubernetes`` package if it can, only to recognise its model classes, which the operator
+    never hands it; with pydantic, that import alone held 16 MiB for the process's life. A
+    ``None`` in ``sys.modules`` makes the import fail, which kopf expects where it is not installed.
+    """
+    if "kubernetes" not in sys.modules:
+        sys.modules["kubernetes"] = None  # type: ignore[assignment]
+
+
 def _run(args: argparse.Namespace) -> int:
     import os  # noqa: PLC0415 - only the operator needs these
 
@@ -270,6 +282,7 @@ def _run(args: argparse.Namespace) -> int:
     # at the default 5 ms a waiting loop got the GIL back only every 5 ms per turn, and a webhook
     # answer took hundreds of milliseconds when a push woke a thousand apps.
     sys.setswitchinterval(0.001)
+    _without_kubernetes_client()
 
     from gitward.kube import leases  # noqa: PLC0415
 

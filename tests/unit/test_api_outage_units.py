@@ -6,12 +6,12 @@ import itertools
 from collections.abc import Sized
 
 import pytest
-from kubernetes.client import ApiException
 from urllib3.exceptions import MaxRetryError, ProtocolError
 
-from gitward import handlers
+from gitward import handlers, runner
 from gitward.api.conditions import Reason
 from gitward.kube import cached, watching
+from gitward.kube.objects import APIError
 from gitward.reconcile.decide import next_delay
 
 NOW, LATER = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
@@ -41,7 +41,7 @@ def ready_of(conditions: list[dict[str, object]]) -> dict[str, object]:
 
 @pytest.mark.parametrize("jitter", [0.0, 0.3, 0.999])
 def test_a_poll_waits_the_interval_as_before(jitter: float) -> None:
-    assert handlers.retry_delay(interval=60, retry_after=None, failures=0, jitter=jitter) == next_delay(
+    assert runner.retry_delay(interval=60, retry_after=None, failures=0, jitter=jitter) == next_delay(
         interval=60, retry_after=None, failures=0, jitter=jitter
     )
 
@@ -51,12 +51,12 @@ def test_a_retry_waits_between_half_and_all_of_its_backoff_and_never_past_the_in
     failures: int, jitter: float
 ) -> None:
     backoff = next_delay(interval=60, retry_after=15, failures=failures, jitter=jitter)
-    delay = handlers.retry_delay(interval=60, retry_after=15, failures=failures, jitter=jitter)
+    delay = runner.retry_delay(interval=60, retry_after=15, failures=failures, jitter=jitter)
     assert backoff / 2 <= delay <= backoff <= 60
 
 
 def test_apps_that_failed_together_do_not_retry_together() -> None:
-    delays = {handlers.retry_delay(interval=10, retry_after=15, failures=3, jitter=j / 10) for j in range(10)}
+    delays = {runner.retry_delay(interval=10, retry_after=15, failures=3, jitter=j / 10) for j in range(10)}
     assert len(delays) == 10
     assert min(delays) == 5.0
     assert max(delays) < 10.0
@@ -75,7 +75,7 @@ def test_kopf_retries_without_end_from_one_second_to_at_most_ten_each_request_af
 
 
 def test_ready_becomes_unknown_naming_since_when_and_the_steps_stay() -> None:
-    conditions = handlers.unknown_since([*STEPS, READY], "2026-01-01T00:01:02Z", generation=4, now=LATER)
+    conditions = runner.unknown_since([*STEPS, READY], "2026-01-01T00:01:02Z", generation=4, now=LATER)
     ready = ready_of(conditions)
     assert (ready["status"], ready["reason"]) == ("Unknown", Reason.API_UNAVAILABLE)
     assert "did not answer from 2026-01-01T00:01:02Z" in str(ready["message"])
@@ -86,14 +86,14 @@ def test_ready_becomes_unknown_naming_since_when_and_the_steps_stay() -> None:
 
 def test_ready_already_unknown_keeps_its_transition_time() -> None:
     unknown = {**READY, "status": "Unknown", "reason": "APIUnavailable", "message": "earlier"}
-    conditions = handlers.unknown_since([unknown], "2026-01-01T00:01:02Z", generation=3, now=LATER)
+    conditions = runner.unknown_since([unknown], "2026-01-01T00:01:02Z", generation=3, now=LATER)
     assert ready_of(conditions)["lastTransitionTime"] == NOW
 
 
 def test_an_attempt_that_found_nothing_new_puts_the_ready_from_before_the_outage_back() -> None:
-    marked = handlers.unknown_since([*STEPS, READY], NOW, generation=3, now=NOW)
+    marked = runner.unknown_since([*STEPS, READY], NOW, generation=3, now=NOW)
     marker = ready_of(marked)
-    restored = handlers.restored_ready(marked, marker, READY, now=LATER)
+    restored = runner.restored_ready(marked, marker, READY, now=LATER)
     assert restored is not None
     ready = ready_of(restored)
     assert {k: ready[k] for k in ("status", "reason", "message", "observedGeneration")} == {
@@ -107,20 +107,20 @@ def test_an_attempt_that_found_nothing_new_puts_the_ready_from_before_the_outage
 
 
 def test_an_attempt_that_wrote_its_own_ready_is_left_alone() -> None:
-    marked = handlers.unknown_since([*STEPS, READY], NOW, generation=3, now=NOW)
+    marked = runner.unknown_since([*STEPS, READY], NOW, generation=3, now=NOW)
     marker = ready_of(marked)
     refused = {**READY, "status": "False", "reason": "UnsignedCommit", "message": "not signed"}
     written = [*STEPS, refused]
-    assert handlers.restored_ready(written, marker, READY, now=LATER) is None
+    assert runner.restored_ready(written, marker, READY, now=LATER) is None
 
 
 def test_nothing_to_put_back_when_ready_was_already_unknown_or_not_gitwards() -> None:
-    marked = handlers.unknown_since([READY], NOW, generation=3, now=NOW)
+    marked = runner.unknown_since([READY], NOW, generation=3, now=NOW)
     marker = ready_of(marked)
     unknown = {**READY, "status": "Unknown", "reason": "APIUnavailable"}
-    assert handlers.restored_ready(marked, marker, unknown, now=LATER) is None
+    assert runner.restored_ready(marked, marker, unknown, now=LATER) is None
     foreign = {**READY, "reason": "SomebodyElses"}
-    assert handlers.restored_ready(marked, marker, foreign, now=LATER) is None
+    assert runner.restored_ready(marked, marker, foreign, now=LATER) is None
 
 
 @pytest.mark.parametrize("jitter", [0.0, 0.999])
@@ -145,11 +145,11 @@ def test_cached_reads_watch_again_within_seconds_of_an_outage_and_back_off_from_
         (MaxRetryError(None, "/api", reason=ConnectionRefusedError()), True),
         (ProtocolError("connection broken"), True),
         (ConnectionResetError(), True),
-        (ApiException(status=503), True),
-        (ApiException(status=429), True),
-        (ApiException(status=0), True),
-        (ApiException(status=403), False),
-        (ApiException(status=410), False),
+        (APIError(503, "unavailable"), True),
+        (APIError(429, "slow down"), True),
+        (APIError(0, "cannot reach the API server: MaxRetryError"), True),
+        (APIError(403, "forbidden"), False),
+        (APIError(410, "gone"), False),
         (ValueError("not JSON"), False),
     ],
 )
