@@ -65,7 +65,7 @@ _STOP_GRACE = 30.0  # seconds attempts in flight may take to finish when the ope
 _CONFLICT, _NOT_FOUND = 409, 404
 # Annotations kopf wrote while it ran the apps; nothing reads them now, so a copy is not kept.
 _DROPPED_ANNOTATION_PREFIX = "kopf.gitward.dev/"
-_SHARED_STRING = 40  # values up to this length are interned: types, reasons, statuses, names
+SHARED_STRING = 40  # values up to this length are interned: types, reasons, statuses, names
 _T = TypeVar("_T")
 _LOG = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def _interned(value: Any) -> Any:  # noqa: ANN401 - any JSON value
         return {sys.intern(str(key)): _interned(item) for key, item in value.items()}
     if isinstance(value, list):
         return [_interned(item) for item in value]
-    if isinstance(value, str) and len(value) <= _SHARED_STRING:
+    if isinstance(value, str) and len(value) <= SHARED_STRING:
         return sys.intern(value)
     return value
 
@@ -181,6 +181,10 @@ class Runner:
     def operator(self) -> Objects:
         """The operator's own API client."""
         return self.services.operator
+
+    def slot(self, namespace: str, name: str) -> Slot | None:
+        """The app's slot, if this process runs it."""
+        return self._slots.get((namespace, name))
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -331,7 +335,7 @@ class Runner:
         attempted_at = services.now()
         try:
             if self.finalizer not in (_metadata(slot.body).get("finalizers") or ()):
-                current = await self.pools.run(namespace, functools.partial(self._with_finalizer, ref))
+                current = await self.pools.run(namespace, functools.partial(self.with_finalizer, ref))
             elif slot.wrote or slot.unreachable_since:
                 # The watch's copy follows an attempt that wrote nothing for free (a push to a
                 # repository that a thousand apps read wakes them all); after one that wrote status,
@@ -378,7 +382,7 @@ class Runner:
             interval=slot.interval, retry_after=outcome.retry_after, failures=slot.failures, jitter=jitter
         )
 
-    def _with_finalizer(self, ref: ObjectRef) -> dict[str, Any] | None:
+    def with_finalizer(self, ref: ObjectRef) -> dict[str, Any] | None:
         """The app with this shard's finalizer added (read afresh); None if it is gone."""
         for _ in range(5):
             app = self.operator.get(ref)

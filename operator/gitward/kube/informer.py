@@ -79,7 +79,7 @@ class Informer:
         failures = 0
         while not self._stopping.is_set():
             try:
-                version = self._relist()
+                version = self.relist()
                 failures = 0
                 while not self._stopping.is_set():
                     version = self._watch(version)
@@ -91,8 +91,11 @@ class Informer:
             delay = min(RETRY_CAP, 2.0 ** min(failures, 8)) * (0.5 + 0.5 * random.random())  # noqa: S311
             self._stopping.wait(delay)
 
-    def _relist(self) -> str:
-        """List everything; announce what changed since the last list or watch, and what is gone."""
+    def relist(self) -> str:
+        """List everything; announce what changed since the last list or watch, and what is gone.
+
+        Returns the list's resourceVersion, to watch from.
+        """
         items, version = self.objects.list_at(self.api_version, self.kind, None)
         seen: dict[Key, str] = {}
         for item in items:

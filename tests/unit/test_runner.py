@@ -1,0 +1,351 @@
+"""The app scheduler (gitward.runner): when apps are attempted, how wakes and deletions are answered.
+
+The pipeline itself is replaced by a recorder (``Runner._reconcile``), and the API by an
+in-memory store of apps; the scheduling, the finalizer and the wake rules are the real ones.
+Every wait here is for a condition, with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pytest
+
+from gitward import runner as runner_module
+from gitward import webhook
+from gitward.api.conditions import Reason
+from gitward.api.refs import ObjectRef
+from gitward.api.resources import Trigger
+from gitward.errors import Stalled, Waiting
+from gitward.kube.objects import APIError
+from gitward.reconcile.status import Action, Outcome
+from gitward.runner import Runner, compact
+from gitward.shards import SHARD_LABEL, Shard
+
+_T = TypeVar("_T")
+DEADLINE = 10.0
+FINALIZER = Shard().finalizer
+
+
+class Store:
+    """The API server's apps, with resourceVersion preconditions as the server checks them."""
+
+    def __init__(self) -> None:
+        self.apps: dict[tuple[str, str], dict[str, Any]] = {}
+        self.version = 0
+        self.patches: list[tuple[tuple[str, str], dict[str, Any]]] = []
+        self.lock = threading.Lock()
+
+    def put(self, body: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            self.version += 1
+            body["metadata"]["resourceVersion"] = str(self.version)
+            key = (body["metadata"]["namespace"], body["metadata"]["name"])
+            self.apps[key] = body
+            return copy.deepcopy(body)
+
+    def get(self, ref: ObjectRef) -> dict[str, Any] | None:
+        with self.lock:
+            found = self.apps.get((ref.namespace, ref.name))
+            return copy.deepcopy(found) if found else None
+
+    def merge_patch(self, ref: ObjectRef, patch: dict[str, Any], *, subresource: str = "") -> dict[str, Any]:
+        assert not subresource  # the runner writes status only through the pipeline, stubbed here
+        key = (ref.namespace, ref.name)
+        with self.lock:
+            current = self.apps.get(key)
+            if current is None:
+                raise APIError(404, "not found")
+            wanted = (patch.get("metadata") or {}).get("resourceVersion")
+            if wanted is not None and wanted != current["metadata"]["resourceVersion"]:
+                raise APIError(409, "the object has been modified")
+            self.patches.append((key, copy.deepcopy(patch)))
+        body = copy.deepcopy(current)
+        for field, value in (patch.get("metadata") or {}).items():
+            if field == "resourceVersion":
+                continue
+            if value is None:
+                body["metadata"].pop(field, None)
+            else:
+                body["metadata"][field] = value
+        return self.put(body)
+
+
+class Services:
+    """What the runner reads of the pipeline's services."""
+
+    def __init__(self, store: Store) -> None:
+        self.operator = store
+        self.reader = None
+
+    def now(self) -> str:
+        return "2026-11-26T00:00:00Z"
+
+
+class Pools:
+    """The operator's pools: a worker thread per call, as the real ones run them."""
+
+    def __init__(self) -> None:
+        self.tenants: list[str | None] = []
+
+    async def run(self, tenant: str | None, call: Callable[[], _T]) -> _T:
+        self.tenants.append(tenant)
+        return await asyncio.get_running_loop().run_in_executor(None, call)
+
+
+def app(name: str = "web", *, interval: str = "1h", generation: int = 1, **metadata: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "gitward.dev/v1alpha1",
+        "kind": "GitOpsApp",
+        "metadata": {"namespace": "team", "name": name, "generation": generation, "uid": "u", **metadata},
+        "spec": {"tenant": "t", "source": {"url": "https://git.example/r.git", "interval": interval}},
+    }
+
+
+class Harness:
+    """A runner over the store, its attempts recorded; the loop runs in the test's event loop."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, shard: Shard | None = None) -> None:
+        self.store = Store()
+        self.pools = Pools()
+        self.attempts: list[tuple[str, Trigger, bool]] = []
+        self.outcome = Outcome(Action.SKIP, Reason.SUCCEEDED, ready=True)
+        self.gate: asyncio.Event | None = None  # while set to an unset event, attempts wait for it
+        self.pruned: list[str] = []
+        self.prune_error: Exception | None = None
+        self.runner = Runner(
+            services=Services(self.store),  # type: ignore[arg-type]
+            pools=self.pools,
+            routes=webhook.Routes(),
+            shard=shard or Shard(),
+        )
+
+        async def reconcile(
+            _: Runner, body: dict[str, Any], *, trigger: Trigger, force: bool, **__: Any
+        ) -> Outcome:
+            self.attempts.append((body["metadata"]["name"], trigger, force))
+            if self.gate is not None:
+                await self.gate.wait()
+            return self.outcome
+
+        def prune(body: dict[str, Any], _: Any) -> None:
+            if self.prune_error is not None:
+                raise self.prune_error
+            self.pruned.append(body["metadata"]["name"])
+
+        monkeypatch.setattr(Runner, "_reconcile", reconcile)
+        monkeypatch.setattr(runner_module.reconcile, "prune_on_delete", prune)
+
+    def announce(self, body: dict[str, Any]) -> None:
+        """What the informer does: the stored version, compacted, handed to the runner."""
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        self.runner.changed(key, compact(self.store.put(body)))
+
+    def announce_stored(self, name: str = "web") -> None:
+        body = self.store.apps[("team", name)]
+        self.runner.changed(("team", name), compact(copy.deepcopy(body)))
+
+    async def until(self, what: Callable[[], bool], why: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DEADLINE
+        while not what():
+            assert loop.time() < deadline, f"timed out waiting until {why}"
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def harness(monkeypatch: pytest.MonkeyPatch) -> Harness:
+    return Harness(monkeypatch)
+
+
+def run(test: Callable[[], Any]) -> None:
+    asyncio.run(test())
+
+
+def test_a_new_app_gets_the_finalizer_and_one_attempt_then_waits_for_its_interval(harness: Harness) -> None:
+    async def scenario() -> None:
+        loop_task = asyncio.ensure_future(harness.runner.run())
+        harness.announce(app())
+        await harness.until(lambda: len(harness.attempts) == 1, "the first attempt")
+        assert harness.store.apps[("team", "web")]["metadata"]["finalizers"] == [FINALIZER]
+        # A status write by the attempt comes back from the watch: no spec change, no new attempt.
+        harness.announce_stored()
+        harness.runner.wake("team", "web", Trigger.WEBHOOK)
+        await harness.until(lambda: len(harness.attempts) == 2, "the webhook's attempt")
+        assert harness.attempts == [("web", Trigger.POLL, False), ("web", Trigger.WEBHOOK, False)]
+        slot = harness.runner.slot("team", "web")
+        assert slot.due - asyncio.get_running_loop().time() > 3000  # the next poll is an hour away
+        await harness.runner.stop()
+        loop_task.cancel()
+
+    run(scenario)
+
+
+def test_a_wake_during_an_attempt_is_answered_right_after_it_and_only_once(harness: Harness) -> None:
+    async def scenario() -> None:
+        loop_task = asyncio.ensure_future(harness.runner.run())
+        harness.gate = asyncio.Event()
+        harness.announce(app())
+        await harness.until(lambda: len(harness.attempts) == 1, "the first attempt")
+        assert not harness.runner.wake("team", "other", Trigger.WEBHOOK)  # no such app here
+        for _ in range(3):
+            assert harness.runner.wake("team", "web", Trigger.WEBHOOK)
+        harness.gate.set()
+        await harness.until(lambda: len(harness.attempts) == 2, "the attempt the wakes asked for")
+        await harness.until(lambda: not harness.runner.slot("team", "web").running, "it to end")
+        assert harness.attempts[1] == ("web", Trigger.WEBHOOK, False)
+        assert len(harness.attempts) == 2  # three wakes, one attempt
+        await harness.runner.stop()
+        loop_task.cancel()
+
+    run(scenario)
+
+
+def test_a_spec_change_and_a_request_wake_the_app_and_a_status_change_does_not(harness: Harness) -> None:
+    async def scenario() -> None:
+        loop_task = asyncio.ensure_future(harness.runner.run())
+        harness.announce(app())
+        await harness.until(lambda: len(harness.attempts) == 1, "the first attempt")
+        await harness.until(lambda: not harness.runner.slot("team", "web").running, "it to end")
+        stored = harness.store.apps[("team", "web")]
+        stored["status"] = {"lastAttemptedRevision": "abc"}
+        harness.announce(stored)  # the attempt's own status write
+        stored = copy.deepcopy(stored)
+        stored["metadata"]["generation"] = 2
+        harness.announce(stored)
+        await harness.until(lambda: len(harness.attempts) == 2, "the spec change's attempt")
+        assert harness.attempts[1] == ("web", Trigger.POLL, False)
+        await harness.until(lambda: not harness.runner.slot("team", "web").running, "it to end")
+        stored = copy.deepcopy(stored)
+        stored["metadata"]["annotations"] = {runner_module.REQUEST_ANNOTATION: "2026-11-26T01:00:00Z"}
+        harness.announce(stored)
+        await harness.until(lambda: len(harness.attempts) == 3, "the request's attempt")
+        assert harness.attempts[2] == ("web", Trigger.POLL, True)
+        await harness.runner.stop()
+        loop_task.cancel()
+
+    run(scenario)
+
+
+def test_a_deleted_app_is_pruned_after_the_attempt_in_flight_and_then_released(harness: Harness) -> None:
+    async def scenario() -> None:
+        loop_task = asyncio.ensure_future(harness.runner.run())
+        harness.announce(app())
+        await harness.until(lambda: len(harness.attempts) == 1, "the first attempt")
+        await harness.until(lambda: not harness.runner.slot("team", "web").running, "it to end")
+        harness.gate = asyncio.Event()
+        harness.runner.wake("team", "web", Trigger.WEBHOOK)
+        await harness.until(lambda: len(harness.attempts) == 2, "an attempt in flight")
+        deleting = copy.deepcopy(harness.store.apps[("team", "web")])
+        deleting["metadata"]["deletionTimestamp"] = "2026-11-26T00:00:01Z"
+        harness.announce(deleting)
+        for _ in range(3):  # turns of the loop: a prune started now would have asked for a thread
+            await asyncio.sleep(0)
+        assert None not in harness.pools.tenants  # no prune (nor release) while the attempt applies
+        assert harness.pruned == []
+        harness.gate.set()
+        await harness.until(lambda: harness.pruned == ["web"], "the prune")
+        await harness.until(lambda: ("team", "web") not in harness.runner, "the app to be forgotten")
+        assert "finalizers" not in harness.store.apps[("team", "web")]["metadata"]
+        assert len(harness.attempts) == 2
+        await harness.runner.stop()
+        loop_task.cancel()
+
+    run(scenario)
+
+
+def test_a_prune_that_must_wait_is_retried_and_one_refused_for_good_still_releases(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        loop_task = asyncio.ensure_future(harness.runner.run())
+        body = app(finalizers=[FINALIZER], deletionTimestamp="2026-11-26T00:00:01Z")
+        harness.prune_error = Waiting(Reason.API_UNAVAILABLE, "no answer", retry_after=0.05)
+        harness.announce(body)
+        await harness.until(lambda: harness.pools.tenants.count(None) >= 2, "a retried prune")
+        assert harness.store.apps[("team", "web")]["metadata"]["finalizers"] == [FINALIZER]
+        harness.prune_error = Stalled(Reason.APPLY_FORBIDDEN, "the tenant may not delete")
+        await harness.until(
+            lambda: "finalizers" not in harness.store.apps[("team", "web")]["metadata"], "the release"
+        )
+        assert harness.attempts == []  # a deleted app is never reconciled
+        await harness.runner.stop()
+        loop_task.cancel()
+
+    run(scenario)
+
+
+def test_an_app_of_another_shard_is_not_run_and_loses_this_shards_finalizer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    harness = Harness(monkeypatch, shard=Shard(key="a"))
+    mine = Shard(key="a").finalizer
+
+    async def scenario() -> None:
+        loop_task = asyncio.ensure_future(harness.runner.run())
+        harness.announce(app("moved", labels={SHARD_LABEL: "b"}, finalizers=["other/keep", mine]))
+        await harness.until(
+            lambda: harness.store.apps[("team", "moved")]["metadata"]["finalizers"] == ["other/keep"],
+            "this shard's finalizer to be released",
+        )
+        harness.announce(app("ours", labels={SHARD_LABEL: "a"}))
+        await harness.until(lambda: len(harness.attempts) == 1, "the owned app's attempt")
+        assert harness.attempts == [("ours", Trigger.POLL, False)]
+        assert ("team", "moved") not in harness.runner
+        await harness.runner.stop()
+        loop_task.cancel()
+
+    run(scenario)
+
+
+def test_a_finalizer_added_by_another_shard_meanwhile_is_kept(harness: Harness) -> None:
+    """The finalizer is added with a resourceVersion precondition: a lost race is read again, not overwritten."""
+    store = harness.store
+    store.put(app())
+    real_get = store.get
+    raced = []
+
+    def get(ref: ObjectRef) -> dict[str, Any] | None:
+        found = real_get(ref)
+        if not raced:  # someone else writes between this read and the runner's patch
+            raced.append(True)
+            body = copy.deepcopy(store.apps[("team", "web")])
+            body["metadata"]["finalizers"] = ["gitward.dev/finalizer-other"]
+            store.put(body)
+        return found
+
+    store.get = get  # type: ignore[method-assign]
+    result = harness.runner.with_finalizer(ObjectRef("gitward.dev", "v1alpha1", "GitOpsApp", "team", "web"))
+    assert result is not None
+    assert result["metadata"]["finalizers"] == ["gitward.dev/finalizer-other", FINALIZER]
+
+
+def test_compact_drops_managed_fields_and_shares_keys_between_apps() -> None:
+    first, second = (
+        compact(
+            {
+                **app(name),
+                "metadata": {
+                    **app(name)["metadata"],
+                    "managedFields": [{"manager": "kubectl"}],
+                    "annotations": {"kopf.gitward.dev/last-handled-configuration": "{}", "keep": "1"},
+                },
+            }
+        )
+        for name in ("a", "b")
+    )
+    assert "managedFields" not in first["metadata"]
+    assert first["metadata"]["annotations"] == {"keep": "1"}
+    key_a = next(k for k in first["spec"]["source"] if k == "interval")
+    key_b = next(k for k in second["spec"]["source"] if k == "interval")
+    assert key_a is key_b
+    assert (
+        first["spec"]["source"]["url"] is second["spec"]["source"]["url"]
+        or len(first["spec"]["source"]["url"]) > runner_module.SHARED_STRING
+    )
+    assert sys.intern("team") is first["metadata"]["namespace"]
