@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import logging
+import os
 import random
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,10 +225,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         services=memo.services, pools=pools, routes=memo.routes, shard=config.shard
     )
     memo.runner_task = asyncio.ensure_future(app_runner.run())
+    memo.runner_task.add_done_callback(_runner_ended)
 
     def app_changed(key: Key, body: dict[str, Any] | None) -> None:
         # From the informer's thread: the copy the runner keeps is compacted there, off the loop.
-        loop.call_soon_threadsafe(app_runner.changed, key, None if body is None else compact(body))
+        if loop.is_closed():
+            return  # the operator has stopped; nothing is scheduled any more
+        with contextlib.suppress(RuntimeError):  # ... or the loop closed just now
+            loop.call_soon_threadsafe(app_runner.changed, key, None if body is None else compact(body))
 
     memo.informer = Informer(operator, API_VERSION, resources.APP.kind, app_changed)
     memo.informer.start()
@@ -245,6 +252,20 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     await runner.setup()
     await web.TCPSite(runner, config.webhook_host, config.webhook_port).start()
     memo.webhook_runner = runner
+
+
+def _runner_ended(task: asyncio.Task[None]) -> None:
+    """The apps' schedule must not end while the operator runs: if it fails, the process stops.
+
+    kopf would go on answering its liveness probe with no app reconciled; stopped, the process is
+    restarted (by its Deployment) and the apps are taken up again.
+    """
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None:
+        _LOG.critical("the apps' schedule failed; stopping the operator", exc_info=error)
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @kopf.on.cleanup()

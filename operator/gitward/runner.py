@@ -58,9 +58,12 @@ from gitward.reconcile.status import Action, Outcome
 from gitward.source import urls
 
 REQUEST_ANNOTATION = "gitward.dev/reconcile-requested-at"
+HANDLED_REQUEST = "lastHandledRequest"  # status: the request annotation's value last answered
+HANDLED_REQUEST_LENGTH = 128  # its maxLength in the CRD; a longer value is compared cut to it
 GROUP, VERSION = resources.GROUP, resources.VERSION
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = resources.APP.kind
+RELEASE_RETRY = 5.0  # seconds before a finalizer the API server did not let go is tried again
 _STOP_GRACE = 30.0  # seconds attempts in flight may take to finish when the operator stops
 _CONFLICT, _NOT_FOUND = 409, 404
 # Annotations kopf wrote while it ran the apps; nothing reads them now, so a copy is not kept.
@@ -96,6 +99,7 @@ class Slot:
     trigger: Trigger = Trigger.POLL
     force: bool = False
     woken_at: float = float("-inf")  # monotonic time of the first pending wake
+    requested: str = ""  # the request annotation a pending forced attempt answers
 
     @property
     def key(self) -> Key:
@@ -149,7 +153,13 @@ def _metadata(body: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _request(body: Mapping[str, Any]) -> str:
-    return str((_metadata(body).get("annotations") or {}).get(REQUEST_ANNOTATION) or "")
+    return str((_metadata(body).get("annotations") or {}).get(REQUEST_ANNOTATION) or "")[
+        :HANDLED_REQUEST_LENGTH
+    ]
+
+
+def _handled_request(body: Mapping[str, Any]) -> str:
+    return str((body.get("status") or {}).get(HANDLED_REQUEST) or "")
 
 
 class Runner:
@@ -175,6 +185,7 @@ class Runner:
         self._order = itertools.count()
         self._kick = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._releasing: set[Key] = set()  # apps of another shard whose finalizer is being taken off
         self._stopping = False
 
     @property
@@ -196,6 +207,8 @@ class Runner:
 
     def changed(self, key: Key, body: dict[str, Any] | None) -> None:
         """The watch announced a new version of an app (``None``: it was deleted)."""
+        if self._stopping:
+            return
         slot = self._slots.get(key)
         if body is None:
             if slot is not None:
@@ -206,8 +219,8 @@ class Runner:
         if not self.shard.owns(key[0], key[1], metadata.get("labels") or {}):
             if slot is not None:
                 self._forget(slot)
-            if self.finalizer in finalizers:  # it moved to another shard: never block its deletion
-                self._spawn(self._release_finalizer(key))
+            if self.finalizer in finalizers and key not in self._releasing:
+                self._spawn(self._release_for_good(key))  # it moved to another shard: never block it
             return
         deleting = bool(metadata.get("deletionTimestamp"))
         if slot is None:
@@ -215,28 +228,38 @@ class Runner:
                 return  # being deleted, and nothing of this process's holds it
             slot = Slot(key[0], key[1], body, interval_of(body))
             self._slots[key] = slot
+            requested = _request(body)
+            if requested and requested != _handled_request(body):
+                # Asked for while no process ran the app (a restart, a failover): answered now.
+                slot.woken, slot.force, slot.requested, slot.woken_at = True, True, requested, self.clock()
             self._schedule(slot, self.clock())
             return
         previous, slot.body = slot.body, body
         if deleting:
-            if not slot.running:
-                self._schedule(slot, self.clock())
-        elif _metadata(previous).get("generation") != metadata.get("generation"):
-            self.wake(*key, Trigger.POLL)  # the spec changed: reconciled now, not at the next poll
-        elif (requested := _request(body)) and requested != _request(previous):
-            self.wake(*key, Trigger.POLL, force=True)  # on demand
+            if not _metadata(previous).get("deletionTimestamp") and not slot.running:
+                self._schedule(slot, self.clock())  # once: a prune told to wait keeps its backoff
+            return
+        requested = _request(body)
+        asked = bool(requested) and requested != _request(previous)  # on demand
+        if asked or _metadata(previous).get("generation") != metadata.get("generation"):
+            # A spec change is reconciled now, not at the next poll; a request forces the attempt.
+            self.wake(*key, Trigger.POLL, force=asked, request=requested if asked else "")
 
-    def wake(self, namespace: str, name: str, trigger: Trigger, *, force: bool = False) -> bool:
+    def wake(
+        self, namespace: str, name: str, trigger: Trigger, *, force: bool = False, request: str = ""
+    ) -> bool:
         """Ask for an attempt now; False if this process runs no such app.
 
         Only the on-demand annotation forces a new attempt at a head already
         attempted; a webhook or a spec change just looks now, so a push event
         for a commit that is already applied changes nothing and records nothing.
+        ``request`` is the annotation's value, recorded in status once answered.
         """
         slot = self._slots.get((namespace, name))
         if slot is None or slot.deleting:
             return False
         slot.trigger, slot.force = trigger, slot.force or force
+        slot.requested = request or slot.requested
         if not slot.woken:
             slot.woken, slot.woken_at = True, self.clock()
         if not slot.running:
@@ -286,6 +309,13 @@ class Runner:
     def _schedule(self, slot: Slot, when: float) -> None:
         slot.due = when
         heapq.heappush(self._heap, (when, next(self._order), slot.key))
+        if len(self._heap) > 2 * len(self._slots) + 64:
+            # Each wake leaves the app's earlier entry behind until its time; rebuilt from the
+            # slots (one entry each, running ones none: they reschedule themselves), it stays small.
+            self._heap = [
+                (each.due, next(self._order), each.key) for each in self._slots.values() if not each.running
+            ]
+            heapq.heapify(self._heap)
         self._kick.set()
 
     def _spawn(self, work: Any) -> None:  # noqa: ANN401 - a coroutine
@@ -303,16 +333,17 @@ class Runner:
 
     async def _cycle(self, slot: Slot) -> None:
         """One attempt (or the finalizer, for an app being deleted), then the app's next time."""
-        trigger, force, woken_at = Trigger.POLL, False, float("-inf")
+        trigger, force, woken_at, requested = Trigger.POLL, False, float("-inf"), ""
         if slot.woken:
-            trigger, force, woken_at = slot.trigger, slot.force, slot.woken_at
+            trigger, force, woken_at, requested = slot.trigger, slot.force, slot.woken_at, slot.requested
             slot.woken, slot.trigger, slot.force, slot.woken_at = False, Trigger.POLL, False, float("-inf")
+            slot.requested = ""
         finalizing = slot.deleting
         try:
             if finalizing:
                 delay = await self._finalize(slot)
             else:
-                delay = await self._poll(slot, trigger, force=force, woken_at=woken_at)
+                delay = await self._poll(slot, trigger, force=force, woken_at=woken_at, requested=requested)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - nothing an attempt raises ends the app's schedule
@@ -326,7 +357,9 @@ class Runner:
             delay = 0.0  # a wake during the attempt is answered now; so is a deletion
         self._schedule(slot, self.clock() + delay)
 
-    async def _poll(self, slot: Slot, trigger: Trigger, *, force: bool, woken_at: float) -> float:
+    async def _poll(
+        self, slot: Slot, trigger: Trigger, *, force: bool, woken_at: float, requested: str
+    ) -> float:
         """One reconcile of the app; seconds until the next."""
         namespace, name = slot.key
         services = self.services
@@ -360,6 +393,7 @@ class Runner:
                 trigger=trigger,
                 force=force,
                 fresher_than=fresher_than,
+                requested=requested,
             )
         except (GitwardError, APIError) as error:  # status could not be written: retry with backoff
             logs.audit().bind(app=f"{namespace}/{name}").warning("reconcile error", error=str(error))
@@ -409,33 +443,60 @@ class Runner:
         raise Waiting(Reason.API_UNAVAILABLE, f"{ref}: the finalizer could not be added", retry_after=5)
 
     async def _finalize(self, slot: Slot) -> float:
-        """Prune what the deleted app owns (``prune: true``), then release its finalizer; 0 once done."""
-        body = slot.body
-        if self.finalizer in (_metadata(body).get("finalizers") or ()):
-            try:
-                await self.pools.run(None, functools.partial(reconcile.prune_on_delete, body, self.services))
-            except Waiting as error:
-                _LOG.warning("pruning %s/%s waits: %s", slot.namespace, slot.name, error)
-                return float(error.retry_after or 15)
-            except Stalled as error:  # refused for good: pruning more would not help, so let it go
-                _LOG.warning("not pruning for %s/%s: %s", slot.namespace, slot.name, error)
-            except (GitwardError, APIError) as error:
-                _LOG.warning("pruning %s/%s failed: %s; retrying", slot.namespace, slot.name, error)
-                return 30.0
-            await self._release_finalizer(slot.key)
+        """Prune what the deleted app owns (``prune: true``), then release its finalizer; 0 once done.
+
+        The app is read afresh: an attempt that ended just now may have applied objects that the
+        watch's copy of its status does not list yet.
+        """
+        ref = ObjectRef(GROUP, VERSION, KIND, *slot.key)
+        try:
+            body = await self.pools.run(None, functools.partial(self.operator.get, ref))
+        except APIError as error:
+            _LOG.warning("reading %s/%s to prune it failed: %s; retrying", *slot.key, error.message)
+            return 15.0
+        if body is None or self.finalizer not in (_metadata(body).get("finalizers") or ()):
+            self._forget(slot)
+            return 0.0
+        try:
+            await self.pools.run(None, functools.partial(reconcile.prune_on_delete, body, self.services))
+        except Waiting as error:
+            _LOG.warning("pruning %s/%s waits: %s", slot.namespace, slot.name, error)
+            return float(error.retry_after or 15)
+        except Stalled as error:  # refused for good: pruning more would not help, so let it go
+            _LOG.warning("not pruning for %s/%s: %s", slot.namespace, slot.name, error)
+        except (GitwardError, APIError) as error:
+            _LOG.warning("pruning %s/%s failed: %s; retrying", slot.namespace, slot.name, error)
+            return 30.0
+        if not await self._release_finalizer(slot.key):
+            return RELEASE_RETRY  # pruned; the next try finds nothing owned left and only releases
         self._forget(slot)
         return 0.0
 
-    async def _release_finalizer(self, key: Key) -> None:
-        """Take this shard's finalizer off the app (read afresh, written with a precondition)."""
+    async def _release_for_good(self, key: Key) -> None:
+        """Release this shard's finalizer from an app another shard owns, retrying until it is off."""
+        self._releasing.add(key)
+        try:
+            delay = 1.0
+            while not self._stopping and not await self._release_finalizer(key):
+                await asyncio.sleep(delay)  # a backoff between API requests, not a wait for a condition
+                delay = min(60.0, delay * 2)
+        finally:
+            self._releasing.discard(key)
+
+    async def _release_finalizer(self, key: Key) -> bool:
+        """Take this shard's finalizer off the app (read afresh, written with a precondition).
+
+        True once it is off (or the app is gone); False if the API server did not let it be taken
+        off now, for the caller to try again.
+        """
         ref = ObjectRef(GROUP, VERSION, KIND, *key)
 
-        def release() -> None:
+        def release() -> bool:
             for _ in range(5):
                 app = self.operator.get(ref)
                 finalizers = list(_metadata(app or {}).get("finalizers") or ())
                 if app is None or self.finalizer not in finalizers:
-                    return
+                    return True
                 kept = [name for name in finalizers if name != self.finalizer]
                 version = _metadata(app).get("resourceVersion")
                 patch = {"metadata": {"finalizers": kept or None, "resourceVersion": version}}
@@ -443,17 +504,18 @@ class Runner:
                     self.operator.merge_patch(ref, patch)
                 except APIError as error:
                     if error.status == _NOT_FOUND:
-                        return
+                        return True
                     if error.status != _CONFLICT:
                         raise
                 else:
-                    return
+                    return True
+            return False  # someone else kept writing it
 
         try:
-            await self.pools.run(None, release)
+            return await self.pools.run(None, release)
         except APIError as error:
-            # The app stays; its next announced change (or the watch's relist) tries again.
             _LOG.warning("releasing the finalizer of %s/%s failed: %s", *key, error.message)
+            return False
 
     async def _attempt(
         self,
@@ -463,6 +525,7 @@ class Runner:
         trigger: Trigger,
         force: bool,
         fresher_than: float,
+        requested: str = "",
     ) -> Outcome:
         """One attempt; the first after the API server did not answer writes Ready ``Unknown`` first.
 
@@ -472,7 +535,9 @@ class Runner:
         is then put back.
         """
         if not unreachable_since:
-            return await self._reconcile(app, trigger=trigger, force=force, fresher_than=fresher_than)
+            return await self._reconcile(
+                app, trigger=trigger, force=force, fresher_than=fresher_than, requested=requested
+            )
         services = self.services
         metadata = _metadata(app)
         ref = ObjectRef(
@@ -490,7 +555,9 @@ class Runner:
             ref.namespace, functools.partial(self.operator.merge_patch, ref, patch, subresource="status")
         )
         marker = ready_of(app) or {}
-        outcome = await self._reconcile(app, trigger=trigger, force=force, fresher_than=fresher_than)
+        outcome = await self._reconcile(
+            app, trigger=trigger, force=force, fresher_than=fresher_than, requested=requested
+        )
         if unreachable(outcome) or replaced is None:
             return outcome
 
@@ -514,7 +581,7 @@ class Runner:
         return await self.pools.run(ref.namespace, put_back)
 
     async def _reconcile(
-        self, app: dict[str, Any], *, trigger: Trigger, force: bool, fresher_than: float
+        self, app: dict[str, Any], *, trigger: Trigger, force: bool, fresher_than: float, requested: str = ""
     ) -> Outcome:
         """One attempt: the pipeline in the tenant's slots; a health wait parked on the event loop."""
         services = self.services
@@ -534,7 +601,7 @@ class Runner:
                 force=force,
                 fresher_than=fresher_than,
                 park=True,
-                status_extra={"webhookPath": path},
+                status_extra={"webhookPath": path, **({HANDLED_REQUEST: requested} if requested else {})},
             )
             return found, started
 

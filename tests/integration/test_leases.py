@@ -22,6 +22,7 @@ import pytest
 from kubernetes import client
 
 from gitward.kube import clients
+from gitward.kube.config import ConfigError, Credential, Credentials
 from gitward.kube.http import Connection
 from gitward.kube.leases import LOST_EXIT_CODE, LeaderElector, Record, Timing
 from support.kube import read_lease
@@ -141,6 +142,48 @@ def test_a_holder_that_cannot_renew_stops_before_anyone_may_take_over(
     assert gave_up + timedelta(seconds=2) < last.renew_time + timedelta(seconds=last.duration)
     assert not electors("b", timing=timing).try_acquire_or_renew()  # the Lease is still a's for a while
     assert len(lost) == 1
+
+
+class Failing:
+    """The holder's credentials, failing first in the given ways: a plugin's error, or anything at all."""
+
+    def __init__(self, real: Credentials, failures: list[str]) -> None:
+        self.real = real
+        self.failures = failures
+        self.lock = threading.Lock()
+
+    def current(self) -> Credential:
+        with self.lock:
+            failure = self.failures.pop(0) if self.failures else None
+        if failure == "plugin":
+            raise ConfigError("the exec credential plugin 'x' failed (exited, exit code 1): no")
+        if failure is not None:
+            raise RuntimeError(failure)  # not a failure a request is meant to raise: the thread survives it
+        return self.real.current()
+
+    def invalidate(self) -> bool:
+        return self.real.invalidate()
+
+
+def test_a_renewal_that_fails_in_any_way_is_tried_again(admin, namespace, electors, kube_configuration):
+    """Credentials that cannot be had (or anything else a request raises) do not end the renew thread."""
+    timing = Timing(lease_duration=6, renew_deadline=4, retry_period=0.5)
+    lost: list[str] = []
+    a = electors("a", timing=timing, on_lost=lost.append)
+    assert a.try_acquire_or_renew()
+    a.start_renewing()
+    failing = Failing(kube_configuration.credentials, ["plugin", "a bug", "plugin"])
+    a.api = clients.api_client(dataclasses.replace(kube_configuration, credentials=failing))
+    wait_until(lambda: not failing.failures, timeout=10, what="the renewals to fail three times")
+    failed_at = lease(admin, namespace).renew_time
+    wait_until(
+        lambda: lease(admin, namespace).renew_time > failed_at,
+        timeout=10,
+        what="a renewal after the failures",
+    )
+    assert a.leading
+    assert not lost
+    assert all(thread.is_alive() for thread in a._threads)  # noqa: SLF001 - the renew thread and watchdog
 
 
 def test_a_holder_that_finds_another_holder_gives_up_at_once(admin, namespace, electors):

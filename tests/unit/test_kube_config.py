@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import stat
 import sys
 import textwrap
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import pytest
 import yaml
 
 from gitward.kube import clients, config
-from gitward.kube.config import ConfigError, ExecPlugin, TokenFile
+from gitward.kube.config import ConfigError, Credential, ExecPlugin, ExecSpec, TokenFile
 
 CA = "-----BEGIN CERTIFICATE-----\nQ0E=\n-----END CERTIFICATE-----\n"
 CERT = "-----BEGIN CERTIFICATE-----\nQ0VSVA==\n-----END CERTIFICATE-----\n"
@@ -77,14 +79,47 @@ def test_a_relative_certificate_authority_and_client_data(tmp_path):
     kopf.ConnectionInfo(**parts)  # type: ignore[arg-type]  # kopf takes exactly these
 
 
-def test_insecure_skips_the_ca(tmp_path):
-    path = write_kubeconfig(
-        tmp_path / "config", cluster={"insecure-skip-tls-verify": True, "certificate-authority": "ca.crt"}
-    )
+@pytest.mark.parametrize(
+    "ca", [{"certificate-authority": "ca.crt"}, {"certificate-authority-data": b64(CA)}], ids=["file", "data"]
+)
+def test_insecure_with_a_ca_is_refused_as_kubectl_refuses_it(tmp_path, ca):
+    path = write_kubeconfig(tmp_path / "config", cluster={"insecure-skip-tls-verify": True, **ca})
+    with pytest.raises(ConfigError) as refused:
+        clients.load_configuration(str(path))
+    assert "specifying a root certificates file with the insecure flag is not allowed" in str(refused.value)
+
+
+def test_insecure_without_a_ca(tmp_path):
+    path = write_kubeconfig(tmp_path / "config", cluster={"insecure-skip-tls-verify": True})
     configuration = clients.load_configuration(str(path))
     assert configuration.insecure
-    assert configuration.ca_path is None
+    assert (configuration.ca_path, configuration.ca_data) == (None, None)
     assert clients.connection_parts(configuration)["insecure"] is True
+
+
+def test_relative_paths_resolve_against_a_symlinked_kubeconfigs_own_directory(tmp_path):
+    """kubectl takes the directory of the path as given (filepath.Abs), not of the symlink's target."""
+    real = write_kubeconfig(
+        tmp_path / "store" / "config",
+        cluster={"certificate-authority": "ca.crt"},
+        user={"client-certificate": "pki/me.crt", "client-key": "pki/me.key", "tokenFile": "token"},
+    )
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "token").write_text("next-to-the-link")
+    link = tmp_path / "home" / "config"
+    link.symlink_to(real)
+    configuration = clients.load_configuration(str(link))
+    assert configuration.ca_path == str(tmp_path / "home" / "ca.crt")
+    assert configuration.certificate_path == str(tmp_path / "home" / "pki" / "me.crt")
+    assert configuration.private_key_path == str(tmp_path / "home" / "pki" / "me.key")
+    assert configuration.credentials.current().token == "next-to-the-link"
+
+
+def test_a_relative_kubeconfig_path_is_made_absolute(tmp_path, monkeypatch):
+    write_kubeconfig(tmp_path / "conf" / "config", cluster={"certificate-authority": "ca.crt"})
+    monkeypatch.chdir(tmp_path)
+    configuration = clients.load_configuration("conf/config")
+    assert configuration.ca_path == str(tmp_path / "conf" / "ca.crt")
 
 
 def test_a_token_file_is_read_again_when_it_changes_and_every_minute(tmp_path):
@@ -207,8 +242,11 @@ import json, os, sys
 from pathlib import Path
 calls = Path(__file__).with_name("calls")
 calls.write_text(calls.read_text() + "x" if calls.exists() else "x")
+Path(__file__).with_name("cwd").write_text(os.getcwd())
+Path(__file__).with_name("info").write_text(os.environ["KUBERNETES_EXEC_INFO"])
 info = json.loads(os.environ["KUBERNETES_EXEC_INFO"])
-mode = os.environ.get("MODE", "token")
+switch = Path(__file__).with_name("mode")
+mode = switch.read_text().strip() if switch.exists() else os.environ.get("MODE", "token")
 if mode == "fail":
     print("no credentials for you", file=sys.stderr)
     sys.exit(3)
@@ -224,7 +262,11 @@ print(json.dumps({{"apiVersion": os.environ.get("ANSWER_VERSION", info["apiVersi
 
 
 def plugin_kubeconfig(
-    tmp_path: Path, *, env: dict[str, str], version: str = "client.authentication.k8s.io/v1"
+    tmp_path: Path,
+    *,
+    env: dict[str, str],
+    version: str = "client.authentication.k8s.io/v1",
+    cluster: dict | None = None,
 ) -> Path:
     script = tmp_path / "bin" / "plugin.py"
     script.parent.mkdir(parents=True)
@@ -232,7 +274,7 @@ def plugin_kubeconfig(
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     return write_kubeconfig(
         tmp_path / "config",
-        cluster={"certificate-authority-data": b64(CA)},
+        cluster=cluster if cluster is not None else {"certificate-authority-data": b64(CA)},
         user={
             "exec": {
                 "apiVersion": version,
@@ -283,6 +325,39 @@ def test_an_exec_plugin_sees_its_env_args_and_the_cluster(tmp_path):
     assert calls(tmp_path) == 1
 
 
+def test_provide_cluster_info_passes_a_ca_file_as_data_as_client_go_does(tmp_path):
+    (tmp_path / "pki").mkdir()
+    (tmp_path / "pki" / "ca.crt").write_text(CA)
+    path = plugin_kubeconfig(
+        tmp_path, env={}, cluster={"certificate-authority": "pki/ca.crt", "tls-server-name": "kube.internal"}
+    )
+    configuration = clients.load_configuration(str(path))
+    assert configuration.ca_path == str(tmp_path / "pki" / "ca.crt")
+    sent = json.loads((tmp_path / "bin" / "info").read_text())["spec"]["cluster"]
+    assert sent == {
+        "server": "https://kube.example:6443",
+        "tls-server-name": "kube.internal",
+        "certificate-authority-data": b64(CA),
+        "insecure-skip-tls-verify": False,
+    }
+
+
+def test_provide_cluster_info_with_a_ca_file_that_cannot_be_read_is_refused(tmp_path):
+    path = plugin_kubeconfig(tmp_path, env={}, cluster={"certificate-authority": "absent.crt"})
+    with pytest.raises(ConfigError, match=r"cannot read the certificate-authority .*absent\.crt"):
+        clients.load_configuration(str(path))
+
+
+def test_an_exec_plugin_runs_in_the_process_working_directory(tmp_path, monkeypatch):
+    """client-go runs the plugin where the process runs; only a relative command is the kubeconfig's."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    path = plugin_kubeconfig(tmp_path, env={})
+    monkeypatch.chdir(elsewhere)
+    assert clients.load_configuration(str(path)).credentials.current().token == "tok-a-b-1"
+    assert (tmp_path / "bin" / "cwd").read_text() == str(elsewhere)
+
+
 def test_an_exec_plugin_may_give_a_client_certificate(tmp_path):
     path = plugin_kubeconfig(tmp_path, env={"MODE": "cert", "CERT": CERT, "KEY": KEY})
     configuration = clients.load_configuration(str(path))
@@ -296,7 +371,7 @@ def test_an_exec_plugin_may_give_a_client_certificate(tmp_path):
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"MODE": "fail"}, "failed (exited, exit code 3): no credentials for you"),
+        ({"MODE": "fail"}, "failed (exited, exit code 3)"),
         ({"ANSWER_VERSION": "client.authentication.k8s.io/v1beta1"}, "answered apiVersion"),
         ({"MODE": "cert", "CERT": CERT, "KEY": ""}, "only one without the other"),
     ],
@@ -343,3 +418,185 @@ def test_exec_info_says_it_is_not_interactive(tmp_path):
         user={"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": str(script)}},
     )
     assert clients.load_configuration(str(path)).credentials.current().token == "ok"  # the plugin checked
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_failing_exec_plugin_backs_off_and_fails_fast_meanwhile(tmp_path):
+    """A failure is remembered: 1 s, then doubling to 30 s, each request failing at once with the same error."""
+    path = plugin_kubeconfig(tmp_path, env={"MODE": "fail"})
+    with pytest.raises(ConfigError):
+        clients.load_configuration(str(path))
+    plugin = config.from_kubeconfig([path]).credentials
+    assert isinstance(plugin, ExecPlugin)
+    clock = Clock()
+    plugin.monotonic = clock
+    (tmp_path / "bin" / "calls").unlink()
+
+    def fails() -> str:
+        with pytest.raises(ConfigError) as refused:
+            plugin.current()
+        return str(refused.value)
+
+    first = fails()
+    assert "failed (exited, exit code 3)" in first
+    assert "no credentials for you" not in first  # its stderr may hold what it was handed
+    assert calls(tmp_path) == 1
+    for _ in range(3):
+        assert fails() == first  # within the backoff: the same error, the plugin not run
+    assert calls(tmp_path) == 1
+    expected_runs = 1
+    for backoff in (1, 2, 4, 8, 16, 30, 30):
+        clock.now += backoff - 0.01
+        assert fails() == first
+        assert calls(tmp_path) == expected_runs  # not yet
+        clock.now += 0.01
+        assert fails() == first
+        expected_runs += 1
+        assert calls(tmp_path) == expected_runs  # run again once the backoff has passed
+    (tmp_path / "bin" / "mode").write_text("token")  # the plugin works again
+    clock.now += 29
+    assert fails() == first  # still backing off
+    clock.now += 1
+    assert plugin.current().token == f"tok-a-b-{expected_runs + 1}"
+    (tmp_path / "bin" / "mode").write_text("fail")
+    assert plugin.current().token == f"tok-a-b-{expected_runs + 1}"  # cached: the plugin not asked
+    assert plugin.invalidate()
+    fails()
+    clock.now += 1  # a success reset the backoff: one second again
+    (tmp_path / "bin" / "mode").write_text("token")
+    assert plugin.current().token == f"tok-a-b-{expected_runs + 3}"
+
+
+def test_a_hung_exec_plugin_does_not_queue_other_requests(monkeypatch):
+    """While one thread runs the plugin, others wait at most EXEC_LOCK_WAIT, or take a still-valid credential."""
+    monkeypatch.setattr(config, "EXEC_LOCK_WAIT", 0.1)
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    plugin = ExecPlugin(
+        ExecSpec(api_version="client.authentication.k8s.io/v1", command="/x/hung"), clock=lambda: now
+    )
+    started, release = threading.Event(), threading.Event()
+    answers = iter(
+        [(Credential(token="first"), now + timedelta(seconds=5)), (Credential(token="second"), None)]
+    )
+
+    def run() -> tuple[Credential, datetime | None]:
+        started.set()
+        assert release.wait(timeout=30)
+        return next(answers)
+
+    monkeypatch.setattr(plugin, "_run", run)
+    results: list[str] = []
+    runner = threading.Thread(target=lambda: results.append(plugin.current().token or ""))
+    runner.start()
+    assert started.wait(timeout=10)
+    with pytest.raises(ConfigError) as refused:
+        plugin.current()  # nothing cached: fails after the short wait, as "no credentials"
+    assert str(refused.value).startswith("no credentials: the exec credential plugin 'hung'")
+    release.set()
+    runner.join(timeout=10)
+    assert results == ["first"]
+    # "first" expires within the margin: the next caller runs the plugin; meanwhile others take "first".
+    started.clear()
+    release.clear()
+    runner = threading.Thread(target=lambda: results.append(plugin.current().token or ""))
+    runner.start()
+    assert started.wait(timeout=10)
+    assert plugin.current().token == "first"  # still valid for 5 s: not worth failing a request over
+    release.set()
+    runner.join(timeout=10)
+    assert results == ["first", "second"]
+    assert plugin.current().token == "second"
+
+
+def test_a_failed_refresh_keeps_a_credential_until_it_expires(monkeypatch):
+    now = [datetime(2030, 1, 1, tzinfo=UTC)]
+    plugin = ExecPlugin(
+        ExecSpec(api_version="client.authentication.k8s.io/v1", command="p"),
+        clock=lambda: now[0],
+        monotonic=Clock(),
+    )
+    answers: list[tuple[Credential, datetime | None] | None] = [
+        (Credential(token="t"), now[0] + timedelta(seconds=60))
+    ]
+
+    def run() -> tuple[Credential, datetime | None]:
+        answer = answers.pop(0) if answers else None
+        if answer is None:
+            raise ConfigError("the exec credential plugin 'p' failed")
+        return answer
+
+    monkeypatch.setattr(plugin, "_run", run)
+    assert plugin.current().token == "t"
+    now[0] += timedelta(seconds=55)  # within the margin: refreshed, which fails
+    assert plugin.current().token == "t"  # still valid for 5 s: kept
+    assert plugin.current().token == "t"  # and during the backoff too
+    now[0] += timedelta(seconds=5)
+    with pytest.raises(ConfigError, match="'p' failed"):
+        plugin.current()  # expired: no credential
+
+
+def test_no_secret_appears_in_a_repr(tmp_path):
+    secrets = ["s3cret-token", "s3cret-password", "s3cret-env", "s3cret-arg", "s3cret-ext"]
+    path = write_kubeconfig(
+        tmp_path / "config",
+        cluster={"certificate-authority-data": b64(CA)},
+        user={
+            "token": "s3cret-token",
+            "username": "me",
+            "password": "s3cret-password",
+            "client-certificate-data": b64(CERT),
+            "client-key-data": b64(KEY),
+        },
+    )
+    static = clients.load_configuration(str(path))
+    assert static.private_key_data == KEY  # loaded, but not shown
+    script = tmp_path / "plugin.py"
+    script.write_text(
+        f"#!{sys.executable}\nimport json, os\n"
+        "info = json.loads(os.environ['KUBERNETES_EXEC_INFO'])\n"
+        "print(json.dumps({'apiVersion': info['apiVersion'], 'kind': 'ExecCredential',\n"
+        "                  'status': {'token': 'exec-token-s3cret', 'clientCertificateData': 'C',\n"
+        "                             'clientKeyData': 'exec-key-s3cret'}}))\n"
+    )
+    script.chmod(0o700)
+    path = write_kubeconfig(
+        tmp_path / "exec-config",
+        cluster={
+            "certificate-authority-data": b64(CA),
+            "extensions": [{"name": "client.authentication.k8s.io/exec", "extension": {"k": "s3cret-ext"}}],
+        },
+        user={
+            "exec": {
+                "apiVersion": "client.authentication.k8s.io/v1",
+                "command": str(script),
+                "args": ["--key=s3cret-arg"],
+                "env": [{"name": "PASSWORD", "value": "s3cret-env"}],
+                "provideClusterInfo": True,
+            }
+        },
+    )
+    executing = clients.load_configuration(str(path))
+    assert isinstance(executing.credentials, ExecPlugin)
+    credential = executing.credentials.current()
+    assert credential.token == "exec-token-s3cret"
+    shown = [
+        repr(static),
+        repr(static.credentials),
+        repr(static.credentials.current()),
+        repr(executing),
+        repr(executing.credentials),
+        repr(executing.credentials.spec),
+        repr(credential),
+        repr(config.TokenFile(tmp_path / "token")),
+    ]
+    for text in shown:
+        for secret in [*secrets, "exec-token-s3cret", "exec-key-s3cret", KEY, CERT, "S0VZ"]:
+            assert secret not in text, (secret, text)
+    assert "me" in repr(static)  # the username, not a secret, still helps

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import ipaddress
@@ -19,12 +20,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from urllib3.util import Retry
 
 from gitward import metrics
+from gitward.api.conditions import Reason
+from gitward.errors import Waiting
 from gitward.kube import clients
 from gitward.kube.config import ConfigError, Configuration, Credential, StaticCredentials
 from gitward.kube.http import Connection
 from gitward.kube.objects import APIError, Objects, fetch, stream_events
+from gitward.kube.reads import KubeReader
 
 
 @dataclasses.dataclass
@@ -118,6 +123,7 @@ class FakeAPIServer(ThreadingHTTPServer):
         self.socket = context.wrap_socket(self.socket, server_side=True)
         self.connections = 0
         self.requests: list[dict[str, Any]] = []
+        self.release_held = threading.Event()  # ends the watches on /held paths, kept open until then
         self.throttle = 0  # how many 429s to answer before the real answer
         self.accepted_token = "good"
         self.lock = threading.Lock()
@@ -144,6 +150,7 @@ class Handler(BaseHTTPRequestHandler):
         super().setup()
         with self.server.lock:
             self.server.connections += 1
+            self.connection_number = self.server.connections  # which connection each request came on
 
     def _send(self, status: int, body: object, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()
@@ -166,6 +173,7 @@ class Handler(BaseHTTPRequestHandler):
                     "headers": dict(self.headers),
                     "body": self.rfile.read(length) if length else b"",
                     "client": subject,
+                    "connection": self.connection_number,
                 }
             )
 
@@ -180,6 +188,17 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/json")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
+            if self.path.startswith("/held"):  # one event, then the stream stays open, as a quiet watch does
+                self._chunk(json.dumps(self.watch_events[0]).encode() + b"\n")
+                self.wfile.flush()
+                self.server.release_held.wait(timeout=60)
+                with contextlib.suppress(OSError):  # the client may have hung up, as it should
+                    self.wfile.write(b"0\r\n\r\n")
+                return
+            if self.path.startswith("/garbled"):
+                self._chunk(json.dumps(self.watch_events[0]).encode() + b"\n" + b"not json\n")
+                self.wfile.write(b"0\r\n\r\n")
+                return
             for event in self.watch_events:
                 line = json.dumps(event).encode() + b"\n"
                 half = len(line) // 2  # an event split across chunks is put back together
@@ -198,6 +217,9 @@ class Handler(BaseHTTPRequestHandler):
             return
         self._send(200, {"path": self.path})
 
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
     def do_PATCH(self) -> None:
         self._record()
         self._send(200, {"patched": True})
@@ -210,6 +232,7 @@ def server(pki: Pki, tmp_path: Path) -> Iterator[FakeAPIServer]:
     try:
         yield made
     finally:
+        made.release_held.set()
         made.shutdown()
         made.server_close()
 
@@ -350,12 +373,75 @@ def test_a_credential_that_cannot_be_had_is_no_answer(server, pki):
         def invalidate(self) -> bool:
             return True
 
+    api = Connection(configuration(server, pki, credentials=Broken()))
     with pytest.raises(APIError) as raised:
-        fetch(Connection(configuration(server, pki, credentials=Broken())), "GET", "/x")
+        fetch(api, "GET", "/x")
     assert (raised.value.status, raised.value.message) == (
         0,
-        "cannot reach the API server: CredentialsUnavailable",
+        "credentials could not be obtained: the exec credential plugin 'x' failed",
     )
+    with pytest.raises(APIError) as raised:
+        next(stream_events(api, "/w", query=[("watch", "true")], timeout=5))
+    assert raised.value.status == 0
+    assert raised.value.message.startswith("credentials could not be obtained")
+    assert server.requests == []
+
+
+class PluginRotatingTo:
+    """An exec plugin's credentials: a working client certificate, then (rotated) a broken one."""
+
+    def __init__(self, certificate: str, key: str) -> None:
+        self.credential = Credential(certificate=certificate, private_key=key)
+
+    def current(self) -> Credential:
+        return self.credential
+
+    def invalidate(self) -> bool:
+        return True
+
+
+def test_tls_that_cannot_be_set_up_is_no_answer_never_a_config_error(server, pki, tmp_path):
+    """A client certificate or CA that does not load at request time is APIError(0), quoting no key."""
+    missing = configuration(
+        server,
+        pki,
+        certificate_path=str(tmp_path / "gone.crt"),
+        private_key_path=str(tmp_path / "gone.key"),
+        credentials=StaticCredentials(),
+    )
+    (tmp_path / "not-a-ca.crt").write_text("not a certificate")
+    for broken in (
+        missing,
+        dataclasses.replace(missing, certificate_path=None, certificate_data=pki.client_cert),
+        configuration(server, pki, ca_data=None, ca_path=str(tmp_path / "absent-ca.crt")),
+        configuration(server, pki, ca_data=None, ca_path=str(tmp_path / "not-a-ca.crt")),
+        configuration(server, pki, ca_data="not a certificate either"),
+    ):
+        with pytest.raises(APIError) as raised:
+            fetch(Connection(broken), "GET", "/x")
+        assert raised.value.status == 0
+        assert raised.value.message.startswith("credentials could not be obtained: cannot "), raised.value
+    # An exec plugin's certificate rotates to one that does not match its key: no answer, not a crash.
+    other_key = _pem_key(ec.generate_private_key(ec.SECP256R1()))
+    source = PluginRotatingTo(pki.client_cert, pki.client_key)
+    api = Connection(configuration(server, pki, credentials=source))
+    assert fetch(api, "GET", "/cert").ok
+    source.credential = Credential(certificate=pki.client_cert, private_key=other_key)
+    with pytest.raises(APIError) as raised:
+        fetch(api, "GET", "/cert")
+    assert (raised.value.status, raised.value.message) == (
+        0,
+        "credentials could not be obtained: the client certificate and key do not load (not PEM, or not a pair)",
+    )
+    assert other_key not in str(raised.value)
+    assert len(server.requests) == 1
+    reader = KubeReader(api, operator_namespace="gitward")
+    with pytest.raises(Waiting) as waiting:  # a reconcile waits for the API, as for any outage
+        reader.tenant("team-a")
+    assert waiting.value.reason == Reason.API_UNAVAILABLE
+    assert "credentials could not be obtained" in str(waiting.value)
+    source.credential = Credential(certificate=pki.client_cert, private_key=pki.client_key)
+    assert fetch(api, "GET", "/cert").ok  # rotated back: requests work again
 
 
 def test_throttling_is_waited_out_and_errors_quote_the_server(server, pki):
@@ -377,11 +463,39 @@ def test_a_watch_streams_events_line_by_line_and_raises_its_error(server, pki):
         next(events)
     assert (ended.value.status, ended.value.message) == (410, "too old resource version")
     assert metrics.KUBE_REQUESTS.labels("WATCH")._value.get() == before + 1  # noqa: SLF001
-    # Left mid-stream: that connection is closed, not handed to the next request with a stream in it.
-    events = stream_events(api, "/api/v1/namespaces/a/configmaps", query=[("watch", "true")], timeout=(5, 30))
+
+
+def test_a_watch_left_mid_stream_closes_its_connection(server, pki):
+    """Its connection must not go back to the pool with the stream still running in it.
+
+    The server keeps the stream open and quiet (nothing unread in the socket, so urllib3
+    cannot tell the connection is busy), and the next request is not retried: were the
+    connection pooled, that request would go down the watch's connection and get no answer.
+    """
+    api = clients.api_client(configuration(server, pki))
+    events = stream_events(api, "/held", query=[("watch", "true")], timeout=(5, 30))
     assert next(events)["type"] == "ADDED"
     events.close()
-    assert json.loads(fetch(api, "GET", "/after").data) == {"path": "/after"}
+    pool = api._pool  # noqa: SLF001 - what the pool holds is the point
+    assert pool is not None
+    pooled = [conn for conn in list(pool.pool.queue) if conn is not None]
+    assert all(not conn.is_connected for conn in pooled), "the watch's open connection went back to the pool"
+    after = fetch(api, "GET", "/after", timeout=(5, 5), retries=Retry(0, read=0, connect=0))
+    assert json.loads(after.data) == {"path": "/after"}
+    watch, follow_up = server.requests
+    assert watch["connection"] != follow_up["connection"]  # a connection of its own
+    assert server.connections == 2
+    api.close()
+
+
+def test_a_watch_line_that_is_not_an_event_is_no_answer(server, pki):
+    events = stream_events(
+        clients.api_client(configuration(server, pki)), "/garbled", query=[("watch", "true")], timeout=5
+    )
+    assert next(events)["type"] == "ADDED"
+    with pytest.raises(APIError) as raised:
+        next(events)
+    assert (raised.value.status, raised.value.message) == (0, "the watch sent a line that is not JSON")
 
 
 def test_no_server_at_all_is_status_zero(pki):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import sys
 import threading
 from collections.abc import Callable
@@ -39,6 +40,7 @@ class Store:
         self.apps: dict[tuple[str, str], dict[str, Any]] = {}
         self.version = 0
         self.patches: list[tuple[tuple[str, str], dict[str, Any]]] = []
+        self.unanswered = 0  # this many patches get no answer (an API server outage)
         self.lock = threading.Lock()
 
     def put(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -61,6 +63,9 @@ class Store:
             current = self.apps.get(key)
             if current is None:
                 raise APIError(404, "not found")
+            if self.unanswered:
+                self.unanswered -= 1
+                raise APIError(0, "cannot reach the API server: ConnectionRefusedError")
             wanted = (patch.get("metadata") or {}).get("resourceVersion")
             if wanted is not None and wanted != current["metadata"]["resourceVersion"]:
                 raise APIError(409, "the object has been modified")
@@ -103,7 +108,10 @@ def app(name: str = "web", *, interval: str = "1h", generation: int = 1, **metad
         "apiVersion": "gitward.dev/v1alpha1",
         "kind": "GitOpsApp",
         "metadata": {"namespace": "team", "name": name, "generation": generation, "uid": "u", **metadata},
-        "spec": {"tenant": "t", "source": {"url": "https://git.example/r.git", "interval": interval}},
+        "spec": {
+            "tenant": "team-tenant",
+            "source": {"url": "https://git.example/r.git", "interval": interval},
+        },
     }
 
 
@@ -114,9 +122,12 @@ class Harness:
         self.store = Store()
         self.pools = Pools()
         self.attempts: list[tuple[str, Trigger, bool]] = []
+        self.requests: list[str] = []  # the request each attempt answered ("" for none)
         self.outcome = Outcome(Action.SKIP, Reason.SUCCEEDED, ready=True)
         self.gate: asyncio.Event | None = None  # while set to an unset event, attempts wait for it
         self.pruned: list[str] = []
+        self.pruned_bodies: list[dict[str, Any]] = []
+        self.pruned_during_attempt = False
         self.prune_error: Exception | None = None
         self.runner = Runner(
             services=Services(self.store),  # type: ignore[arg-type]
@@ -126,14 +137,18 @@ class Harness:
         )
 
         async def reconcile(
-            _: Runner, body: dict[str, Any], *, trigger: Trigger, force: bool, **__: Any
+            _: Runner, body: dict[str, Any], *, trigger: Trigger, force: bool, requested: str = "", **__: Any
         ) -> Outcome:
             self.attempts.append((body["metadata"]["name"], trigger, force))
+            self.requests.append(requested)
             if self.gate is not None:
                 await self.gate.wait()
             return self.outcome
 
         def prune(body: dict[str, Any], _: Any) -> None:
+            if self.gate is not None and not self.gate.is_set():
+                self.pruned_during_attempt = True
+            self.pruned_bodies.append(body)
             if self.prune_error is not None:
                 raise self.prune_error
             self.pruned.append(body["metadata"]["name"])
@@ -236,23 +251,31 @@ def test_a_deleted_app_is_pruned_after_the_attempt_in_flight_and_then_released(h
     async def scenario() -> None:
         loop_task = asyncio.ensure_future(harness.runner.run())
         harness.announce(app())
-        await harness.until(lambda: len(harness.attempts) == 1, "the first attempt")
+        harness.announce(app("witness"))
+        await harness.until(lambda: len(harness.attempts) == 2, "the first attempts")
         await harness.until(lambda: not harness.runner.slot("team", "web").running, "it to end")
+        await harness.until(lambda: not harness.runner.slot("team", "witness").running, "it to end")
         harness.gate = asyncio.Event()
         harness.runner.wake("team", "web", Trigger.WEBHOOK)
-        await harness.until(lambda: len(harness.attempts) == 2, "an attempt in flight")
+        await harness.until(lambda: len(harness.attempts) == 3, "an attempt in flight")
         deleting = copy.deepcopy(harness.store.apps[("team", "web")])
         deleting["metadata"]["deletionTimestamp"] = "2026-11-26T00:00:01Z"
         harness.announce(deleting)
-        for _ in range(3):  # turns of the loop: a prune started now would have asked for a thread
-            await asyncio.sleep(0)
-        assert None not in harness.pools.tenants  # no prune (nor release) while the attempt applies
-        assert harness.pruned == []
+        # Proof that the loop has handled the deletion: an app woken after it has been attempted.
+        # A finalizer started on that pass would have asked for a thread first (tenant None).
+        harness.runner.wake("team", "witness", Trigger.WEBHOOK)
+        await harness.until(lambda: len(harness.attempts) == 4, "the witness's attempt")
+        assert None not in harness.pools.tenants  # nothing pruned or released while web's attempt runs
+        # The attempt in flight writes what it applied; the watch has not announced it yet.
+        harness.store.apps[("team", "web")]["status"] = {"inventory": [{"kind": "ConfigMap", "name": "new"}]}
         harness.gate.set()
         await harness.until(lambda: harness.pruned == ["web"], "the prune")
+        assert not harness.pruned_during_attempt  # the prune waited for the attempt to end
+        # ... and pruned what the app's stored status lists, not the watch's older copy.
+        assert harness.pruned_bodies[0]["status"]["inventory"] == [{"kind": "ConfigMap", "name": "new"}]
         await harness.until(lambda: ("team", "web") not in harness.runner, "the app to be forgotten")
         assert "finalizers" not in harness.store.apps[("team", "web")]["metadata"]
-        assert len(harness.attempts) == 2
+        assert [name for name, _, _ in harness.attempts].count("web") == 2  # none after the deletion
         await harness.runner.stop()
         loop_task.cancel()
 
@@ -326,26 +349,126 @@ def test_a_finalizer_added_by_another_shard_meanwhile_is_kept(harness: Harness) 
 
 
 def test_compact_drops_managed_fields_and_shares_keys_between_apps() -> None:
+    # Parsed from JSON, as the watch hands them over: each body has its own copies of every string.
     first, second = (
         compact(
-            {
-                **app(name),
-                "metadata": {
-                    **app(name)["metadata"],
-                    "managedFields": [{"manager": "kubectl"}],
-                    "annotations": {"kopf.gitward.dev/last-handled-configuration": "{}", "keep": "1"},
-                },
-            }
+            json.loads(
+                json.dumps(
+                    {
+                        **app(name),
+                        "metadata": {
+                            **app(name)["metadata"],
+                            "managedFields": [{"manager": "kubectl"}],
+                            "annotations": {"kopf.gitward.dev/last-handled-configuration": "{}", "keep": "1"},
+                        },
+                    }
+                )
+            )
         )
         for name in ("a", "b")
     )
+    raw = [json.loads(json.dumps(app(name))) for name in ("a", "b")]
+    assert raw[0]["spec"]["tenant"] is not raw[1]["spec"]["tenant"]  # what compact is for
     assert "managedFields" not in first["metadata"]
     assert first["metadata"]["annotations"] == {"keep": "1"}
     key_a = next(k for k in first["spec"]["source"] if k == "interval")
     key_b = next(k for k in second["spec"]["source"] if k == "interval")
     assert key_a is key_b
-    assert (
-        first["spec"]["source"]["url"] is second["spec"]["source"]["url"]
-        or len(first["spec"]["source"]["url"]) > runner_module.SHARED_STRING
-    )
-    assert sys.intern("team") is first["metadata"]["namespace"]
+    assert first["spec"]["tenant"] is second["spec"]["tenant"]
+    assert first["metadata"]["namespace"] is second["metadata"]["namespace"]
+    long_value = "x" * (runner_module.SHARED_STRING + 1)
+    assert compact(json.loads(json.dumps({"a": long_value})))["a"] is not sys.intern(long_value)
+
+
+def test_a_request_made_with_a_spec_change_or_while_no_process_ran_the_app_forces_its_attempt(
+    harness: Harness,
+) -> None:
+    async def scenario() -> None:
+        loop_task = asyncio.ensure_future(harness.runner.run())
+        asked = {runner_module.REQUEST_ANNOTATION: "t1"}
+        answered = app("answered", annotations=asked)
+        answered["status"] = {runner_module.HANDLED_REQUEST: "t1"}
+        harness.announce(app("missed", annotations=asked))  # asked while the operator was down
+        harness.announce(answered)  # asked, and answered before the restart
+        await harness.until(lambda: len(harness.attempts) == 2, "the first attempts")
+        by_app = {attempt[0]: attempt for attempt in harness.attempts}
+        assert by_app["missed"] == ("missed", Trigger.POLL, True)
+        assert by_app["answered"] == ("answered", Trigger.POLL, False)
+        assert harness.requests[harness.attempts.index(by_app["missed"])] == "t1"  # recorded in status
+        await harness.until(lambda: not harness.runner.slot("team", "answered").running, "it to end")
+        both = copy.deepcopy(harness.store.apps[("team", "answered")])
+        both["metadata"]["generation"] = 2
+        both["metadata"]["annotations"] = {runner_module.REQUEST_ANNOTATION: "t2"}
+        harness.announce(both)  # one update: a spec change and a request
+        await harness.until(lambda: len(harness.attempts) == 3, "the update's attempt")
+        assert harness.attempts[2] == ("answered", Trigger.POLL, True)
+        assert harness.requests[2] == "t2"
+        await harness.runner.stop()
+        loop_task.cancel()
+
+    run(scenario)
+
+
+def test_a_finalizer_the_api_server_did_not_let_go_is_released_on_a_later_try(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner_module, "RELEASE_RETRY", 0.05)
+
+    async def scenario() -> None:
+        loop_task = asyncio.ensure_future(harness.runner.run())
+        harness.store.unanswered = 1  # the release's patch gets no answer once
+        harness.announce(app(finalizers=[FINALIZER], deletionTimestamp="2026-11-26T00:00:01Z"))
+        await harness.until(lambda: harness.store.unanswered == 0, "the unanswered release")
+        assert ("team", "web") in harness.runner  # kept, to try again
+        await harness.until(
+            lambda: "finalizers" not in harness.store.apps[("team", "web")]["metadata"], "the release"
+        )
+        await harness.until(lambda: ("team", "web") not in harness.runner, "the app to be forgotten")
+        await harness.runner.stop()
+        loop_task.cancel()
+
+    run(scenario)
+
+
+def test_a_prune_backoff_is_kept_while_the_deleting_app_changes(harness: Harness) -> None:
+    async def scenario() -> None:
+        loop_task = asyncio.ensure_future(harness.runner.run())
+        harness.prune_error = Waiting(Reason.API_UNAVAILABLE, "no answer", retry_after=3600)
+        body = app(finalizers=[FINALIZER, "other.example/keep"], deletionTimestamp="2026-11-26T00:00:01Z")
+        harness.announce(body)
+        await harness.until(lambda: len(harness.pruned_bodies) == 1, "the first prune")
+        await harness.until(lambda: not harness.runner.slot("team", "web").running, "it to end")
+        for number in range(5):  # another controller keeps writing the app
+            changed = copy.deepcopy(harness.store.apps[("team", "web")])
+            changed["metadata"]["labels"] = {"n": str(number)}
+            harness.announce(changed)
+        harness.announce(app("witness"))  # proof the loop ran after the changes
+        await harness.until(lambda: len(harness.attempts) == 1, "the witness's attempt")
+        assert len(harness.pruned_bodies) == 1  # the hour's backoff holds
+        await harness.runner.stop()
+        loop_task.cancel()
+
+    run(scenario)
+
+
+def test_the_schedule_stays_small_however_often_an_app_is_woken(harness: Harness) -> None:
+    async def scenario() -> None:
+        loop_task = asyncio.ensure_future(harness.runner.run())
+        harness.announce(app())
+        await harness.until(lambda: len(harness.attempts) == 1, "the first attempt")
+        loop = asyncio.get_running_loop()
+        for number in range(300):
+            harness.runner.wake_for_drift("team", "web")
+            wanted = number + 2
+            await harness.until(
+                lambda wanted=wanted: (
+                    len(harness.attempts) == wanted and not harness.runner.slot("team", "web").running
+                ),
+                f"drift check {number} to end",
+            )
+            assert harness.runner.slot("team", "web").due > loop.time() + 60  # back to its hour
+        assert len(harness.runner._heap) <= 2 * len(harness.runner) + 65  # noqa: SLF001 - the point
+        await harness.runner.stop()
+        loop_task.cancel()
+
+    run(scenario)

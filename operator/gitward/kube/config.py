@@ -13,7 +13,8 @@ work. This module reads the same sources kubectl reads:
   or data, ``insecure-skip-tls-verify``, ``tls-server-name``) and user
   (client certificate and key as paths or data, ``token``, ``tokenFile``,
   basic auth, or an ``exec`` credential plugin, as EKS and GKE use).
-  Relative paths resolve against the kubeconfig's own directory.
+  Relative paths resolve against the directory of the kubeconfig's path
+  as given (made absolute, symlinks not followed, as kubectl does).
 
 A field gitward cannot honour (``auth-provider``, ``proxy-url``,
 impersonation in the kubeconfig, an interactive-only plugin) is refused
@@ -46,6 +47,13 @@ EXEC_TIMEOUT = 120.0  # seconds an exec credential plugin may take (it may fetch
 EXEC_MAX_OUTPUT = 1024 * 1024
 EXEC_API_VERSIONS = frozenset({"client.authentication.k8s.io/v1", "client.authentication.k8s.io/v1beta1"})
 EXEC_EXPIRY_MARGIN = 10.0  # seconds before its expirationTimestamp a credential is fetched again
+# A plugin that failed is not run again until a backoff has passed (1 s, doubling up to 30 s); meanwhile
+# every request fails at once with the plugin's error, instead of each running (and waiting on) it again.
+EXEC_BACKOFF_FIRST = 1.0
+EXEC_BACKOFF_CAP = 30.0
+# How long a request waits for another thread's run of the plugin before it fails as "no credentials":
+# a hung plugin must not queue every thread (the lease renewer's deadline is shorter than its timeout).
+EXEC_LOCK_WAIT = 3.0
 
 
 class ConfigError(Exception):
@@ -56,12 +64,16 @@ class ConfigError(Exception):
 class Credential:
     """What authenticates one request: a bearer token and/or a client certificate and key (PEM)."""
 
-    token: str | None = None
-    certificate: str | None = None
-    private_key: str | None = None
+    token: str | None = field(default=None, repr=False)
+    certificate: str | None = field(default=None, repr=False)
+    private_key: str | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:  # secrets never reach a log through a repr
         return f"Credential(token={'***' if self.token else None}, certificate={bool(self.certificate)})"
+
+
+def _exec_name(spec: ExecSpec) -> str:
+    return Path(spec.command).name
 
 
 class Credentials(Protocol):
@@ -128,43 +140,111 @@ class TokenFile:
 
 @dataclass(frozen=True, slots=True)
 class ExecSpec:
-    """A kubeconfig user's ``exec`` section: the credential plugin to run and how."""
+    """A kubeconfig user's ``exec`` section: the credential plugin to run and how.
+
+    Arguments, environment and cluster information may carry secrets: they are
+    left out of the repr, as client-go redacts them.
+    """
 
     api_version: str
     command: str
-    args: tuple[str, ...] = ()
-    env: tuple[tuple[str, str], ...] = ()
-    base_dir: Path = Path()
+    args: tuple[str, ...] = field(default=(), repr=False)
+    env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    base_dir: Path = Path()  # the kubeconfig's directory: a relative command is found there
     install_hint: str = ""
-    cluster: Mapping[str, Any] | None = None  # what KUBERNETES_EXEC_INFO carries with provideClusterInfo
+    # What KUBERNETES_EXEC_INFO carries with provideClusterInfo (its ``config`` may hold anything).
+    cluster: Mapping[str, Any] | None = field(default=None, repr=False)
 
 
 class ExecPlugin:
-    """Credentials from an ``exec`` plugin (ExecCredential v1 or v1beta1), cached until they expire."""
+    """Credentials from an ``exec`` plugin (ExecCredential v1 or v1beta1), cached until they expire.
 
-    def __init__(self, spec: ExecSpec, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    One thread runs the plugin at a time; another wanting a credential meanwhile
+    takes the cached one while it is still valid, else waits at most
+    :data:`EXEC_LOCK_WAIT` seconds and fails as "no credentials". A run that
+    fails is remembered: until its backoff (:data:`EXEC_BACKOFF_FIRST`
+    doubling to :data:`EXEC_BACKOFF_CAP`) has passed, every request fails at
+    once with the same error rather than running the plugin again.
+    """
+
+    def __init__(
+        self,
+        spec: ExecSpec,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.spec = spec
         self.clock = clock
+        self.monotonic = monotonic
         self._lock = threading.Lock()
-        self._credential: Credential | None = None
-        self._expires: datetime | None = None
+        # (credential, expiry), replaced whole so a thread may read it without the lock
+        self._cached: tuple[Credential, datetime | None] | None = None
+        self._failure: str | None = None  # the last run's error, repeated until the backoff has passed
+        self._failures = 0  # runs that failed in a row
+        self._retry_at = float("-inf")  # monotonic time before which the plugin is not run again
+
+    def __repr__(self) -> str:
+        return f"ExecPlugin(command={_exec_name(self.spec)!r})"
+
+    def _usable(self, *, margin: float) -> Credential | None:
+        """The cached credential if it is valid for more than ``margin`` seconds yet."""
+        cached = self._cached
+        if cached is None:
+            return None
+        credential, expires = cached
+        if expires is None or (expires - self.clock()).total_seconds() > margin:
+            return credential
+        return None
 
     def current(self) -> Credential:
-        """The cached credential, or a fresh one from the plugin once the cached one is (nearly) expired."""
-        with self._lock:
-            now = self.clock()
-            fresh = self._credential is not None and (
-                self._expires is None or (self._expires - now).total_seconds() > EXEC_EXPIRY_MARGIN
-            )
-            if not fresh:
-                self._credential, self._expires = self._run()
-            assert self._credential is not None  # noqa: S101 - set just above
-            return self._credential
+        """The cached credential, or a fresh one from the plugin once the cached one is (nearly) expired.
+
+        :class:`ConfigError` when the plugin fails, while a failed run's backoff lasts,
+        and when another thread's run of the plugin takes longer than :data:`EXEC_LOCK_WAIT`.
+        """
+        credential = self._usable(margin=EXEC_EXPIRY_MARGIN)
+        if credential is not None:
+            return credential
+        if not self._lock.acquire(blocking=False):
+            # Another thread is running the plugin: a credential not yet expired is still good meanwhile.
+            credential = self._usable(margin=0.0)
+            if credential is not None:
+                return credential
+            if not self._lock.acquire(timeout=EXEC_LOCK_WAIT):
+                raise ConfigError(
+                    f"no credentials: the exec credential plugin {_exec_name(self.spec)!r} "
+                    f"has not answered another request's run within {EXEC_LOCK_WAIT:g}s"
+                )
+        try:
+            credential = self._usable(margin=EXEC_EXPIRY_MARGIN)  # another thread may have just run it
+            if credential is not None:
+                return credential
+            if self._failure is not None and self.monotonic() < self._retry_at:
+                return self._still_valid(ConfigError(self._failure))
+            try:
+                credential, expires = self._run()
+            except ConfigError as error:
+                self._failures += 1
+                self._failure = str(error)
+                backoff = min(EXEC_BACKOFF_CAP, EXEC_BACKOFF_FIRST * 2.0 ** (self._failures - 1))
+                self._retry_at = self.monotonic() + backoff
+                return self._still_valid(error)
+            self._cached, self._failure, self._failures = (credential, expires), None, 0
+            return credential
+        finally:
+            self._lock.release()
+
+    def _still_valid(self, error: ConfigError) -> Credential:
+        """The cached credential while it has not expired (a refresh failed early), else ``error``."""
+        credential = self._usable(margin=0.0)
+        if credential is None:
+            raise error
+        return credential
 
     def invalidate(self) -> bool:
-        """Run the plugin again on the next request."""
-        with self._lock:
-            self._credential = None
+        """Run the plugin again on the next request (the API server refused the cached credential)."""
+        self._cached = None
         return True
 
     def _run(self) -> tuple[Credential, datetime | None]:
@@ -182,24 +262,23 @@ class ExecPlugin:
         command = spec.command
         if os.sep in command and not os.path.isabs(command):  # noqa: PTH117 - a str, maybe a bare name
             command = str(spec.base_dir / command)
-        name = Path(spec.command).name
+        name = _exec_name(spec)
         hint = f" ({spec.install_hint.strip()})" if spec.install_hint.strip() else ""
         try:
+            # In this process's own working directory, as client-go runs it (only the command's
+            # relative path is the kubeconfig's).
             done = processes.run(
-                [command, *spec.args],
-                env=env,
-                timeout=EXEC_TIMEOUT,
-                cwd=spec.base_dir if spec.base_dir.is_dir() else None,
-                max_output=EXEC_MAX_OUTPUT,
+                [command, *spec.args], env=env, timeout=EXEC_TIMEOUT, max_output=EXEC_MAX_OUTPUT
             )
         except OSError as error:
             raise ConfigError(
                 f"cannot run the exec credential plugin {name!r}: {error.strerror}{hint}"
             ) from None
         if done.code != 0:
-            said = done.stderr.decode(errors="replace").strip()[-300:]
+            # Its stderr is not quoted: a credential helper may print what it was handed, and this
+            # message can reach an app's status, an Event or the log. Run the plugin by hand to see it.
             raise ConfigError(
-                f"the exec credential plugin {name!r} failed ({done.ended}, exit code {done.code}): {said}"
+                f"the exec credential plugin {name!r} failed ({done.ended}, exit code {done.code})"
             )
         return _exec_status(done.stdout, spec.api_version, name)
 
@@ -261,11 +340,12 @@ class Configuration:
     tls_server_name: str | None = None
     certificate_path: str | None = None
     private_key_path: str | None = None
-    certificate_data: str | None = None
-    private_key_data: str | None = None
+    certificate_data: str | None = field(default=None, repr=False)
+    private_key_data: str | None = field(default=None, repr=False)
     username: str | None = None
     password: str | None = field(default=None, repr=False)
-    credentials: Credentials = field(default_factory=StaticCredentials)
+    # Its own repr shows no secret (a Credential's hides its token and key), but it is no place to look.
+    credentials: Credentials = field(default_factory=StaticCredentials, repr=False)
 
 
 def in_cluster(
@@ -301,7 +381,7 @@ class _Merged:
     current_context: str = ""
     contexts: dict[str, tuple[Mapping[str, Any], Path]] = field(default_factory=dict)
     clusters: dict[str, tuple[Mapping[str, Any], Path]] = field(default_factory=dict)
-    users: dict[str, tuple[Mapping[str, Any], Path]] = field(default_factory=dict)
+    users: dict[str, tuple[Mapping[str, Any], Path]] = field(default_factory=dict, repr=False)  # tokens, keys
 
     def add(self, path: Path) -> None:
         try:
@@ -312,7 +392,10 @@ class _Merged:
             raise ConfigError(f"the kubeconfig {path} is not valid YAML") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"the kubeconfig {path} is not a mapping")
-        base = path.resolve().parent
+        # The directory of the path as given, made absolute without following symlinks: client-go's
+        # filepath.Abs(filepath.Dir(path)) (lexical, like os.path.abspath; Path.resolve() would follow a
+        # symlinked kubeconfig to its target's directory).
+        base = Path(os.path.abspath(path)).parent  # noqa: PTH100 - lexical, as filepath.Abs
         self.current_context = self.current_context or str(loaded.get("current-context") or "")
         for section, key, into in (
             ("contexts", "context", self.contexts),
@@ -374,10 +457,15 @@ def _configuration(
     if bool(certificate_path or certificate_data) != bool(key_path or key_data):
         raise ConfigError(f"{where}: the user has a client certificate without a key, or a key alone")
     ca_path, ca_data = _file_or_data(cluster, "certificate-authority", cluster_base, where)
+    if insecure and (ca_path or ca_data):  # client-go's words: a CA and no verification contradict
+        raise ConfigError(
+            f"{where}: specifying a root certificates file with the insecure flag is not allowed "
+            "(the cluster has both insecure-skip-tls-verify and certificate-authority)"
+        )
     return Configuration(
         host=server,
-        ca_path=None if insecure else ca_path,
-        ca_data=None if insecure else ca_data,
+        ca_path=ca_path,
+        ca_data=ca_data,
         insecure=insecure,
         tls_server_name=str(cluster.get("tls-server-name") or "") or None,
         certificate_path=certificate_path,
@@ -386,7 +474,7 @@ def _configuration(
         private_key_data=key_data,
         username=str(user.get("username") or "") or None,
         password=str(user.get("password") or "") or None,
-        credentials=_credentials(user, user_base, cluster, where=where),
+        credentials=_credentials(user, user_base, cluster, (ca_path, ca_data), where=where),
     )
 
 
@@ -407,7 +495,12 @@ def _file_or_data(
 
 
 def _credentials(
-    user: Mapping[str, Any], base: Path, cluster: Mapping[str, Any], *, where: str
+    user: Mapping[str, Any],
+    base: Path,
+    cluster: Mapping[str, Any],
+    ca: tuple[str | None, str | None],
+    *,
+    where: str,
 ) -> Credentials:
     """A ``tokenFile`` (it wins over ``token``, as in client-go), a ``token``, an ``exec`` plugin, or none."""
     if user.get("tokenFile"):
@@ -415,11 +508,37 @@ def _credentials(
     if user.get("token"):
         return StaticCredentials(Credential(token=str(user["token"])))
     if user.get("exec"):
-        return ExecPlugin(_exec_spec(user["exec"], base, cluster, where=where))
+        return ExecPlugin(_exec_spec(user["exec"], base, cluster, ca, where=where))
     return StaticCredentials()
 
 
-def _exec_spec(section: object, base: Path, cluster: Mapping[str, Any], *, where: str) -> ExecSpec:
+def _ca_data_for_plugin(ca: tuple[str | None, str | None], where: str) -> str | None:
+    """The cluster's CA, from its file or its data, base64 as ExecCredential's ``certificate-authority-data``.
+
+    client-go's ConfigToExecCluster reads a CA file and passes its bytes, so a plugin sees
+    the CA however the kubeconfig gives it.
+    """
+    path, data = ca
+    if data is not None:
+        return base64.b64encode(data.encode("ascii")).decode("ascii")
+    if path is None:
+        return None
+    try:
+        return base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    except OSError as error:
+        raise ConfigError(
+            f"{where}: cannot read the certificate-authority {path} for the exec plugin: {error.strerror}"
+        ) from None
+
+
+def _exec_spec(
+    section: object,
+    base: Path,
+    cluster: Mapping[str, Any],
+    ca: tuple[str | None, str | None],
+    *,
+    where: str,
+) -> ExecSpec:
     if not isinstance(section, dict):
         raise ConfigError(f"{where}: the user's exec is not a mapping")
     api_version = str(section.get("apiVersion") or "")
@@ -443,7 +562,7 @@ def _exec_spec(section: object, base: Path, cluster: Mapping[str, Any], *, where
             "server": cluster.get("server"),
             "tls-server-name": cluster.get("tls-server-name"),
             "insecure-skip-tls-verify": bool(cluster.get("insecure-skip-tls-verify")),
-            "certificate-authority-data": cluster.get("certificate-authority-data"),
+            "certificate-authority-data": _ca_data_for_plugin(ca, where),
             "proxy-url": cluster.get("proxy-url"),
             "config": next(
                 (

@@ -17,9 +17,13 @@ its source each time (a rotated token file, an expired plugin token). A
 fresh one, as client-go does.
 
 Errors are urllib3's (``HTTPError``) and ``OSError``, both meaning "no
-answer"; a credential that cannot be fetched any more is
-:class:`CredentialsUnavailable`, an ``HTTPError`` too. Mapping answers onto
-errors is :mod:`gitward.kube.objects`'s job.
+answer"; a credential that cannot be had (a token file gone, a plugin
+failing or backing off) or TLS that cannot be set up with it (a client
+certificate file missing, a plugin's certificate and key not a pair, a CA
+that does not load) is :class:`CredentialsUnavailable`, an ``HTTPError``
+too: no request was made. A request never raises
+:class:`~gitward.kube.config.ConfigError`. Mapping answers onto errors is
+:mod:`gitward.kube.objects`'s job.
 """
 
 from __future__ import annotations
@@ -55,7 +59,10 @@ Timeouts = float | tuple[float, float]
 
 
 class CredentialsUnavailable(HTTPError):  # noqa: N818 - named for the state, like urllib3's own errors
-    """The credentials could not be fetched (a token file gone, a plugin failing): no request was made."""
+    """The credentials could not be had, or TLS not set up with them: no request was made.
+
+    The message says why, never quoting a token or a key.
+    """
 
 
 def _timeout(value: Timeouts) -> Timeout:
@@ -66,8 +73,18 @@ def _timeout(value: Timeouts) -> Timeout:
 
 
 def ssl_context(configuration: Configuration, credential: Credential) -> ssl.SSLContext:
-    """TLS for the API server: its CA (or the system's), a client certificate if any; none if insecure."""
-    context = ssl.create_default_context(cafile=configuration.ca_path, cadata=configuration.ca_data)
+    """TLS for the API server: its CA (or the system's), a client certificate if any; none if insecure.
+
+    :class:`ConfigError` when the CA or the client certificate does not load (never quoting a key).
+    """
+    try:
+        context = ssl.create_default_context(cafile=configuration.ca_path, cadata=configuration.ca_data)
+    except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+        where = configuration.ca_path or "given as data"
+        raise ConfigError(
+            f"cannot load the certificate authority ({where}): "
+            f"{getattr(error, 'strerror', None) or 'not PEM certificates'}"
+        ) from None
     if configuration.insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -99,16 +116,23 @@ def _read(path: str | None) -> str:
 
 def _load_pair(context: ssl.SSLContext, certificate: str, key: str) -> None:
     """Load a PEM certificate and key: ``ssl`` reads only files, so they exist (0600) just for that."""
-    with tempfile.TemporaryDirectory(prefix="gitward-tls-") as private:  # mode 0700
-        cert_file, key_file = Path(private, "client.crt"), Path(private, "client.key")
-        for path, text in ((cert_file, certificate), (key_file, key)):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="ascii") as out:
-                out.write(text)
-        try:
-            context.load_cert_chain(cert_file, key_file)
-        except (OSError, ValueError):  # ssl.SSLError is an OSError; the message never quotes the key
-            raise ConfigError("the client certificate and key do not load (not PEM, or not a pair)") from None
+    try:
+        with tempfile.TemporaryDirectory(prefix="gitward-tls-") as private:  # mode 0700
+            cert_file, key_file = Path(private, "client.crt"), Path(private, "client.key")
+            for path, text in ((cert_file, certificate), (key_file, key)):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w", encoding="ascii") as out:
+                    out.write(text)
+            try:
+                context.load_cert_chain(cert_file, key_file)
+            except (OSError, ValueError):  # ssl.SSLError is an OSError; the message never quotes the key
+                raise ConfigError(
+                    "the client certificate and key do not load (not PEM, or not a pair)"
+                ) from None
+    except (OSError, UnicodeEncodeError) as error:  # the private directory: no space, no temp dir
+        raise ConfigError(
+            f"cannot load the client certificate and key: {getattr(error, 'strerror', None) or 'not PEM'}"
+        ) from None
 
 
 class Connection:
@@ -145,7 +169,12 @@ class Connection:
             old = self._pool
             common = {"maxsize": POOL_SIZE, "block": False, "retries": DEFAULT_RETRIES}
             if self._scheme == "https":
-                context = ssl_context(self.configuration, credential)
+                try:
+                    context = ssl_context(self.configuration, credential)
+                except ConfigError as error:  # a CA or client certificate that does not load: no request
+                    raise CredentialsUnavailable(str(error)) from None
+                except (OSError, ValueError) as error:  # anything else setting up TLS
+                    raise CredentialsUnavailable(f"cannot set up TLS: {type(error).__name__}") from None
                 insecure = self.configuration.insecure
                 self._pool = urllib3.HTTPSConnectionPool(
                     self._host,
@@ -168,6 +197,12 @@ class Connection:
             return self.configuration.credentials.current()
         except ConfigError as error:
             raise CredentialsUnavailable(str(error)) from None
+
+    def _invalidate(self) -> bool:
+        try:
+            return self.configuration.credentials.invalidate()
+        except ConfigError:  # nothing to ask again: the refusal stands
+            return False
 
     def _auth(self, credential: Credential) -> dict[str, str]:
         if credential.token:
@@ -194,7 +229,8 @@ class Connection:
     ) -> urllib3.BaseHTTPResponse:
         """Send one request; the answer's body is not read yet (read or stream it, then release it).
 
-        Raises urllib3's ``HTTPError`` or ``OSError`` when there is no answer.
+        Raises urllib3's ``HTTPError`` or ``OSError`` when there is no answer
+        (:class:`CredentialsUnavailable` when none was asked for: no credentials, or no TLS).
         """
         target = self.url(path, query)
         verb = "WATCH" if method == "GET" and "watch=true" in target.lower() else method
@@ -219,7 +255,7 @@ class Connection:
                 preload_content=False,
                 release_conn=False,
             )
-            if response.status != _UNAUTHORIZED or attempt or not self.configuration.credentials.invalidate():
+            if response.status != _UNAUTHORIZED or attempt or not self._invalidate():
                 return response
             # Refused: the token rotated or the plugin's credential expired early. Once more, fresh.
             with contextlib.suppress(HTTPError, OSError):

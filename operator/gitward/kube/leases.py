@@ -321,7 +321,7 @@ class LeaderElector:
         stop = stop or threading.Event()
         waiting_on: str | None = None
         while not stop.is_set():
-            if self.try_acquire_or_renew():
+            if self._attempt():
                 return True
             holder = self.observed_holder
             if holder != waiting_on:
@@ -346,11 +346,24 @@ class LeaderElector:
         for thread in self._threads:
             thread.start()
 
+    def _attempt(self) -> bool:
+        """:meth:`try_acquire_or_renew`, with any failure at all a False: the loops must outlive it.
+
+        Request failures are :class:`APIError` already; anything else (a bug, an odd
+        answer) is logged and, like them, tried again after the retry period. A renew
+        thread that died would leave only the watchdog, which gives the Lease up.
+        """
+        try:
+            return self.try_acquire_or_renew()
+        except Exception:  # noqa: BLE001 - logged; the next retry period tries again
+            _LOG.exception("lease attempt failed unexpectedly", lease=self.name, identity=self.identity)
+            return False
+
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.timing.retry_period):
             if self._lost.is_set():
                 return
-            if not self.try_acquire_or_renew():
+            if not self._attempt():
                 _LOG.warning("lease renewal failed", lease=self.name, identity=self.identity)
 
     def _watchdog(self) -> None:
@@ -436,6 +449,9 @@ class LeaderElector:
         if not answer.ok:
             raise answer.error()
         try:
-            return json.loads(answer.data) if answer.data else {}
+            found = json.loads(answer.data) if answer.data else {}
         except ValueError:  # an answer cut short or garbled on the way: no answer, tried again
             raise APIError(0, "the API server's answer was not JSON") from None
+        if not isinstance(found, dict):
+            raise APIError(0, "the API server's answer was not a JSON object")
+        return found

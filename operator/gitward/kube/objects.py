@@ -28,7 +28,7 @@ from gitward.api.conditions import Reason
 from gitward.api.refs import ObjectRef
 from gitward.errors import GitwardError, Stalled, Waiting, truncate
 from gitward.kube.clients import IMPERSONATE_USER_HEADER
-from gitward.kube.http import Connection, Timeouts
+from gitward.kube.http import Connection, CredentialsUnavailable, Timeouts
 
 _NOT_FOUND = 404
 _TOO_MANY_REQUESTS = 429
@@ -177,11 +177,17 @@ def fetch(
     timeout: Timeouts = 60,
     retries: Retry | None = None,
 ) -> Answer:
-    """One request and its whole answer; :class:`APIError` with status 0 when there is none."""
+    """One request and its whole answer; :class:`APIError` with status 0 when there is none.
+
+    That includes a request never made for want of credentials (or of TLS set up with
+    them): the API server is unavailable to this client either way.
+    """
     try:
         response = api.request(
             method, path, query=query, body=body, headers=headers, timeout=timeout, retries=retries
         )
+    except CredentialsUnavailable as error:
+        raise no_credentials(error) from None
     except (OSError, HTTPError) as error:  # no answer: urllib3's MaxRetryError, ProtocolError
         raise APIError(0, f"cannot reach the API server: {type(error).__name__}") from None
     try:
@@ -192,6 +198,11 @@ def fetch(
     finally:
         response.release_conn()
     return Answer(response.status, response.reason, response.headers, data)
+
+
+def no_credentials(error: CredentialsUnavailable) -> APIError:
+    """No request made: the credentials could not be obtained (the message says why, quoting no secret)."""
+    return APIError(0, truncate(f"credentials could not be obtained: {error}", 600))
 
 
 def json_body(body: object) -> bytes | None:
@@ -225,27 +236,49 @@ def stream_events(
             headers={"Accept": "application/json", **(headers or {})},
             timeout=timeout,
         )
+    except CredentialsUnavailable as error:
+        raise no_credentials(error) from None
     except (OSError, HTTPError) as error:
         raise APIError(0, f"cannot reach the API server: {type(error).__name__}") from None
     try:
         if not 200 <= raw.status <= 299:  # noqa: PLR2004 - the HTTP success range
             raise APIError.from_response(raw.status, raw.read(), raw.reason)
         pending = b""
-        for chunk in raw.stream(64 * 1024):
+        # Held here, not only by the loop: that urllib3 closes the connection when this iterator
+        # happens to be finalized mid-chunk is not what keeps a live stream out of the pool; the
+        # close() below is.
+        chunks = raw.stream(64 * 1024)
+        for chunk in chunks:
             pending += chunk
             *lines, pending = pending.split(b"\n")
             for line in lines:
                 if line.strip():
-                    event = json.loads(line)
-                    if event.get("type") == "ERROR":
-                        status = event.get("object") or {}
-                        raise APIError(int(status.get("code") or 0), str(status.get("message") or ""))
-                    yield event
+                    yield _watch_event(line)
     except (OSError, HTTPError) as error:
         raise APIError(0, f"the watch broke off: {type(error).__name__}") from None
     finally:
         raw.close()  # a watch left mid-stream cannot go back to the pool as a clean connection
         raw.release_conn()
+
+
+def _watch_event(line: bytes) -> dict[str, Any]:
+    """One event of a watch; :class:`APIError` for an ``ERROR`` event or a line that is not an event."""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        raise APIError(0, "the watch sent a line that is not JSON") from None
+    if not isinstance(event, dict):
+        raise APIError(0, "the watch sent a line that is not an event")
+    if event.get("type") == "ERROR":
+        status = event.get("object") or {}
+        if not isinstance(status, dict):
+            raise APIError(0, "the watch sent an ERROR event without a Status")
+        try:
+            code = int(status.get("code") or 0)
+        except (TypeError, ValueError):
+            code = 0
+        raise APIError(code, truncate(str(status.get("message") or ""), 600))
+    return event
 
 
 class Objects:
