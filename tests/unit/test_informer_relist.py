@@ -49,6 +49,24 @@ class Script:
             yield step
 
 
+def announced(script: Script) -> list[tuple[Key, str | None]]:
+    """Run an informer over the script until it watches quietly; what it announced (key, version)."""
+    seen: list[tuple[Key, str | None]] = []
+    informer = Informer(
+        script,  # type: ignore[arg-type]
+        "v1",
+        "ConfigMap",
+        lambda key, body: seen.append((key, body and body["metadata"]["resourceVersion"])),
+    )
+    informer.start()
+    try:
+        assert script.done.wait(10), "the informer did not get back to watching"
+    finally:
+        informer.stop()
+        script.quiet.set()
+    return seen
+
+
 def test_a_watch_too_old_to_resume_is_followed_by_a_relist_of_only_the_changes(monkeypatch) -> None:
     monkeypatch.setattr(informer_module, "RETRY_CAP", 0.01)
     script = Script(
@@ -60,19 +78,7 @@ def test_a_watch_too_old_to_resume_is_followed_by_a_relist_of_only_the_changes(m
             [{"type": "MODIFIED", "object": cm("kept", "1")}, APIError(410, "too old resource version")]
         ],
     )
-    seen: list[tuple[Key, str | None]] = []
-    informer = Informer(
-        script,
-        "v1",
-        "ConfigMap",
-        lambda key, body: seen.append((key, body and body["metadata"]["resourceVersion"])),
-    )  # type: ignore[arg-type]
-    informer.start()
-    try:
-        assert script.done.wait(10), "the informer did not get back to watching"
-    finally:
-        informer.stop()
-        script.quiet.set()
+    seen = announced(script)
     first = [(("ns", "kept"), "1"), (("ns", "changed"), "1"), (("ns", "deleted"), "1")]
     watched = [(("ns", "kept"), "1")]  # the watch's event, as the server sent it
     relisted = [(("ns", "changed"), "2"), (("ns", "added"), "3"), (("ns", "deleted"), None)]
@@ -86,18 +92,6 @@ def test_a_list_that_fails_is_tried_again_and_a_broken_watch_lists_again(monkeyp
         lists=[APIError(0, "cannot reach the API server"), [cm("a", "1")], [cm("a", "2")]],
         watches=[[APIError(500, "etcd is unhappy")]],
     )
-    seen: list[tuple[Key, str | None]] = []
-    informer = Informer(
-        script,
-        "v1",
-        "ConfigMap",
-        lambda key, body: seen.append((key, body and body["metadata"]["resourceVersion"])),
-    )  # type: ignore[arg-type]
-    informer.start()
-    try:
-        assert script.done.wait(10), "the informer did not get back to watching"
-    finally:
-        informer.stop()
-        script.quiet.set()
+    seen = announced(script)
     assert seen == [(("ns", "a"), "1"), (("ns", "a"), "2")]
     assert script.listed == 3
