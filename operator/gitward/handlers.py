@@ -51,8 +51,7 @@ from gitward.sharing import SharedResults
 from gitward.source import git
 from gitward.source.shared import SharedSources
 
-REQUEST_ANNOTATION = "gitward.dev/reconcile-requested-at"
-GROUP, VERSION, PLURAL = resources.GROUP, resources.VERSION, resources.APP.plural
+GROUP, VERSION = resources.GROUP, resources.VERSION
 _T = TypeVar("_T")
 _LOG = logging.getLogger(__name__)
 

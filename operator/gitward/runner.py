@@ -229,15 +229,16 @@ class Runner:
             slot = Slot(key[0], key[1], body, interval_of(body))
             self._slots[key] = slot
             requested = _request(body)
-            if requested and requested != _handled_request(body):
+            if not deleting and requested and requested != _handled_request(body):
                 # Asked for while no process ran the app (a restart, a failover): answered now.
-                slot.woken, slot.force, slot.requested, slot.woken_at = True, True, requested, self.clock()
-            self._schedule(slot, self.clock())
+                self.wake(*key, Trigger.POLL, force=True, request=requested)
+            else:
+                self._schedule(slot, self.clock())
             return
         previous, slot.body = slot.body, body
         if deleting:
-            if not _metadata(previous).get("deletionTimestamp") and not slot.running:
-                self._schedule(slot, self.clock())  # once: a prune told to wait keeps its backoff
+            if not _metadata(previous).get("deletionTimestamp"):
+                self._due_now(slot)  # once: a prune told to wait keeps its backoff
             return
         requested = _request(body)
         asked = bool(requested) and requested != _request(previous)  # on demand
@@ -262,8 +263,7 @@ class Runner:
         slot.requested = request or slot.requested
         if not slot.woken:
             slot.woken, slot.woken_at = True, self.clock()
-        if not slot.running:
-            self._schedule(slot, self.clock())
+        self._due_now(slot)
         return True
 
     def wake_for_drift(self, namespace: str, name: str) -> None:
@@ -276,8 +276,7 @@ class Runner:
         if slot is None or slot.deleting:
             return
         slot.woken = True
-        if not slot.running:
-            self._schedule(slot, self.clock())
+        self._due_now(slot)
 
     # -- the loop ------------------------------------------------------------------------------------------
 
@@ -288,7 +287,7 @@ class Runner:
             while self._heap and self._heap[0][0] <= now:
                 due, _, key = heapq.heappop(self._heap)
                 slot = self._slots.get(key)
-                if slot is None or slot.gone or slot.running or slot.due != due:
+                if slot is None or slot.running or slot.due != due:
                     continue  # superseded by a later schedule, or running (it reschedules itself)
                 slot.running = True
                 self._spawn(self._cycle(slot))
@@ -317,6 +316,11 @@ class Runner:
             ]
             heapq.heapify(self._heap)
         self._kick.set()
+
+    def _due_now(self, slot: Slot) -> None:
+        """Attempt the app now; one running now is attempted again as soon as it ends (``woken``)."""
+        if not slot.running:
+            self._schedule(slot, self.clock())
 
     def _spawn(self, work: Any) -> None:  # noqa: ANN401 - a coroutine
         task: asyncio.Task[None] = asyncio.ensure_future(work)
@@ -368,7 +372,9 @@ class Runner:
         attempted_at = services.now()
         try:
             if self.finalizer not in (_metadata(slot.body).get("finalizers") or ()):
-                current = await self.pools.run(namespace, functools.partial(self.with_finalizer, ref))
+                current = await self.pools.run(
+                    namespace, functools.partial(self.with_finalizer, ref, slot.body)
+                )
             elif slot.wrote or slot.unreachable_since:
                 # The watch's copy follows an attempt that wrote nothing for free (a push to a
                 # repository that a thousand apps read wakes them all); after one that wrote status,
@@ -416,16 +422,20 @@ class Runner:
             interval=slot.interval, retry_after=outcome.retry_after, failures=slot.failures, jitter=jitter
         )
 
-    def with_finalizer(self, ref: ObjectRef) -> dict[str, Any] | None:
-        """The app with this shard's finalizer added (read afresh); None if it is gone."""
+    def with_finalizer(self, ref: ObjectRef, known: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The app with this shard's finalizer added, as stored; None if it is gone.
+
+        The patch is made on ``known`` (the watch's copy), with its resourceVersion as a
+        precondition; only if someone wrote the app since is it read again and the patch retried.
+        """
+        app: Mapping[str, Any] | None = known
         for _ in range(5):
-            app = self.operator.get(ref)
             if app is None:
                 return None
             metadata = _metadata(app)
             finalizers = list(metadata.get("finalizers") or ())
             if self.finalizer in finalizers or metadata.get("deletionTimestamp"):
-                return app
+                return dict(app)
             patch = {
                 "metadata": {
                     "finalizers": [*finalizers, self.finalizer],
@@ -440,6 +450,7 @@ class Runner:
                     return None
                 if error.status != _CONFLICT:
                     raise
+            app = self.operator.get(ref)
         raise Waiting(Reason.API_UNAVAILABLE, f"{ref}: the finalizer could not be added", retry_after=5)
 
     async def _finalize(self, slot: Slot) -> float:

@@ -329,21 +329,12 @@ def test_an_app_of_another_shard_is_not_run_and_loses_this_shards_finalizer(
 def test_a_finalizer_added_by_another_shard_meanwhile_is_kept(harness: Harness) -> None:
     """The finalizer is added with a resourceVersion precondition: a lost race is read again, not overwritten."""
     store = harness.store
-    store.put(app())
-    real_get = store.get
-    raced = []
-
-    def get(ref: ObjectRef) -> dict[str, Any] | None:
-        found = real_get(ref)
-        if not raced:  # someone else writes between this read and the runner's patch
-            raced.append(True)
-            body = copy.deepcopy(store.apps[("team", "web")])
-            body["metadata"]["finalizers"] = ["gitward.dev/finalizer-other"]
-            store.put(body)
-        return found
-
-    store.get = get  # type: ignore[method-assign]
-    result = harness.runner.with_finalizer(ObjectRef("gitward.dev", "v1alpha1", "GitOpsApp", "team", "web"))
+    seen_by_the_watch = store.put(app())
+    raced = copy.deepcopy(store.apps[("team", "web")])  # another shard writes after the watch saw it
+    raced["metadata"]["finalizers"] = ["gitward.dev/finalizer-other"]
+    store.put(raced)
+    ref = ObjectRef("gitward.dev", "v1alpha1", "GitOpsApp", "team", "web")
+    result = harness.runner.with_finalizer(ref, seen_by_the_watch)
     assert result is not None
     assert result["metadata"]["finalizers"] == ["gitward.dev/finalizer-other", FINALIZER]
 

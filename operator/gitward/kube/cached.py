@@ -30,7 +30,6 @@ timeout, so a connection the API server left hanging cannot keep a watch
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
@@ -95,9 +94,7 @@ class _NamespaceWatch:
     def _events(self) -> Iterator[None]:
         path = f"/api/v1/namespaces/{path_segment(self.namespace, 'namespace')}/{self.plural}"
         listing = fetch(self.api, "GET", path, query=[("limit", "1")], timeout=(_CONNECT_SECONDS, 60))
-        if not listing.ok:
-            raise listing.error()
-        version = str((json.loads(listing.data).get("metadata") or {}).get("resourceVersion") or "")
+        version = str((listing.json_object().get("metadata") or {}).get("resourceVersion") or "")
         stream = stream_events(
             self.api,
             path,

@@ -31,7 +31,6 @@ cannot hold a renewal past its deadline.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
@@ -446,12 +445,4 @@ class LeaderElector:
             timeout=self.timing.request_timeout,
             retries=_RETRIES,
         )
-        if not answer.ok:
-            raise answer.error()
-        try:
-            found = json.loads(answer.data) if answer.data else {}
-        except ValueError:  # an answer cut short or garbled on the way: no answer, tried again
-            raise APIError(0, "the API server's answer was not JSON") from None
-        if not isinstance(found, dict):
-            raise APIError(0, "the API server's answer was not a JSON object")
-        return found
+        return answer.json_object()

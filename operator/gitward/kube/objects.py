@@ -165,6 +165,22 @@ class Answer:
         """The error this answer is, quoting the server's own message."""
         return APIError.from_response(self.status, self.data, self.reason)
 
+    def json_object(self) -> dict[str, Any]:
+        """The object a success carries ({} if empty); :class:`APIError` for an error answer.
+
+        An answer that is not a JSON object was cut short or garbled on the way: no answer
+        (status 0), tried again like one.
+        """
+        if not self.ok:
+            raise self.error()
+        try:
+            found = json.loads(self.data) if self.data else {}
+        except ValueError:
+            raise APIError(0, "the API server's answer was not JSON") from None
+        if not isinstance(found, dict):
+            raise APIError(0, "the API server's answer was not a JSON object")
+        return found
+
 
 def fetch(
     api: Connection,
@@ -328,11 +344,9 @@ class Objects:
                 # that is waited out here (bounded, jittered) rather than failing the reconcile.
                 time.sleep(_retry_after(response.headers.get("Retry-After"), attempt))
                 continue
-            if not response.ok:
-                raise response.error()
-            if text:
+            if text and response.ok:
                 return data.decode("utf-8", errors="replace")
-            return json.loads(data) if data else {}
+            return response.json_object()
         raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
     def resource(self, api_version: str, kind: str) -> Resource:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,16 +47,7 @@ class KubeReader:
 
     def _get(self, path: str) -> Mapping[str, Any]:
         """One object; :class:`APIError` for an error answer, no answer, or one that is not an object."""
-        answer = fetch(self.api, "GET", path, timeout=_TIMEOUT)
-        if not answer.ok:
-            raise answer.error()
-        try:
-            body = json.loads(answer.data)
-        except ValueError:
-            raise APIError(0, "unexpected response") from None
-        if not isinstance(body, Mapping):
-            raise APIError(0, "unexpected response")
-        return body
+        return fetch(self.api, "GET", path, timeout=_TIMEOUT).json_object()
 
     def tenant(self, name: str) -> Mapping[str, Any]:
         """The ``GitOpsTenant`` body, or ``Stalled(TenantNotFound)``."""

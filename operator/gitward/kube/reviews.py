@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gitward.kube.http import Connection
-from gitward.kube.objects import APIError, fetch
+from gitward.kube.objects import fetch
 
 _CACHE_SECONDS = 60.0
 _CACHE_SIZE = 1024
@@ -88,10 +88,4 @@ class MetricsAccess:
             headers={"Content-Type": "application/json", "Accept": "application/json"},
             timeout=_TIMEOUT,
         )
-        if not answer.ok:
-            raise answer.error()
-        try:
-            created = json.loads(answer.data)
-        except ValueError:
-            raise APIError(0, "the API server's answer was not JSON") from None
-        return created if isinstance(created, dict) else {}
+        return answer.json_object()
